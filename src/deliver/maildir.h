@@ -1,0 +1,37 @@
+/*
+ * maildir: deliver into Maildirs (the Maildir specification: tmp/, new/, cur/).
+ * Blocking; runs on worker threads, never on the loop.
+ *
+ * For each job: create the Maildir (and parents, mode 0700) if missing, write
+ * tmp/UNIQUE with the prefix (Return-Path:, Delivered-To:) then the content, fsync, rename
+ * into new/. A batch fsyncs each distinct new/ directory once at the end, and a job reports
+ * success only after that. Unique names: "SECONDS.M<usec>P<pid>Q<n>_<thread>.HOST,S=<size>".
+ * Any failure removes the tmp file and is reported as temporary (a full disk, a missing
+ * permission) unless it can never succeed (the path is not a directory): then permanent.
+ */
+#ifndef TERN_MAILDIR_H
+#define TERN_MAILDIR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "queue/queue.h"
+
+struct maildir_job {
+    /* in */
+    int base_fd;          /* the domain's mail base directory */
+    const char *relpath;  /* the Maildir below base_fd, e.g. "example.test/alice" */
+    const char *prefix;   /* header lines to write first (CRLF), e.g. Return-Path */
+    size_t prefix_len;
+    struct qbody body;    /* the message content */
+    const char *hostname; /* for unique names */
+    /* out */
+    bool ok;
+    bool permanent;       /* when !ok: retrying will not help */
+    char error[256];      /* when !ok */
+    char filename[256];   /* when ok: the file's path relative to base_fd */
+};
+
+void maildir_deliver_batch(struct maildir_job *jobs, size_t n);
+
+#endif
