@@ -45,13 +45,15 @@ extern const char addr_err_needs_utf8[];
 /*
  * Parse a path at s[0..n): must start with '<'. On success returns NULL, fills *out and sets
  * *end to the number of bytes consumed (just past '>'). On failure returns a short static
- * reason ("local part longer than 64 octets", "missing closing >", ...) suitable for a 501
+ * reason ("local part longer than 64 octets", "missing >", ...) suitable for a 501
  * reply, or addr_err_needs_utf8.
  */
 const char *addr_parse_path(const char *s, size_t n, unsigned opts, struct mailaddr *out,
                             size_t *end);
 
-/* Parse a bare mailbox "local@domain" (the whole string, no brackets). Same results. */
+/* Parse a bare mailbox "local@domain" (the whole string, no brackets). Same results; with
+ * ADDR_ALLOW_NULL "" is the null path and with ADDR_ALLOW_POSTMASTER a bare "Postmaster"
+ * (any case) is accepted, so whatever addr_format writes parses back. */
 const char *addr_parse_mailbox(const char *s, size_t n, unsigned opts, struct mailaddr *out);
 
 /* The local part without quoting: "\"a\\\"b\"" -> a"b. Returns the length, or (size_t)-1 if
@@ -59,7 +61,8 @@ const char *addr_parse_mailbox(const char *s, size_t n, unsigned opts, struct ma
 size_t addr_local_unquote(const char *local, char *out, size_t cap);
 
 /* "local@domain" (or "" for the null path, "Postmaster" for bare postmaster) into dst.
- * Returns the length; dst is always NUL-terminated if cap > 0. */
+ * Returns the full length, as snprintf does (a result >= cap means dst was cut short);
+ * dst is always NUL-terminated if cap > 0. */
 size_t addr_format(const struct mailaddr *a, char *dst, size_t cap);
 
 /* A valid EHLO/HELO argument: a domain or an address literal (UTF-8 labels if allow_utf8).

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <time.h>
 
-#define RECEIVED_MAX 1024
+#define RECEIVED_MAX 2048 /* with received.c's caps on each piece the header always fits */
 
 struct received_info {
     const char *helo;        /* as given by the client, or NULL */
