@@ -1,13 +1,18 @@
 /*
  * maildir: deliver into Maildirs (the Maildir specification: tmp/, new/, cur/).
- * Blocking; runs on worker threads, never on the loop.
+ * Blocking; runs on worker threads, never on the loop. Thread-safe: several batches may
+ * run at once, into the same Maildirs too.
  *
  * For each job: create the Maildir (and parents, mode 0700) if missing, write
- * tmp/UNIQUE with the prefix (Return-Path:, Delivered-To:) then the content, fsync, rename
- * into new/. A batch fsyncs each distinct new/ directory once at the end, and a job reports
- * success only after that. Unique names: "SECONDS.M<usec>P<pid>Q<n>_<thread>.HOST,S=<size>".
- * Any failure removes the tmp file and is reported as temporary (a full disk, a missing
- * permission) unless it can never succeed (the path is not a directory): then permanent.
+ * tmp/UNIQUE (mode 0600) with the prefix (Return-Path:, Delivered-To:) then the content
+ * byte for byte as queued, fsync, rename into new/. A batch fsyncs each distinct new/
+ * directory once at the end, and a job reports success only after that. Unique names:
+ * "SECONDS.M<usec>P<pid>Q<n>_<thread>.HOST,S=<size>". Every path is opened relative to
+ * base_fd (ternd opens it before dropping privileges); relpath must be relative, without
+ * "..". Any failure removes the tmp file (and the new/ file when the directory fsync
+ * fails) and is reported as temporary (a full disk, a missing permission, an I/O error)
+ * unless it can never succeed (a path component is not a directory, an invalid or
+ * overlong name): then permanent.
  */
 #ifndef TERN_MAILDIR_H
 #define TERN_MAILDIR_H
@@ -28,6 +33,7 @@ struct maildir_job {
     /* out */
     bool ok;
     bool permanent;       /* when !ok: retrying will not help */
+    int errnum;           /* when !ok: the errno behind it (EDQUOT, ENOSPC, ...) or 0 */
     char error[256];      /* when !ok */
     char filename[256];   /* when ok: the file's path relative to base_fd */
 };

@@ -1,0 +1,348 @@
+/*
+ * maildir: see maildir.h. Follows the Maildir specification (cr.yp.to/proto/maildir.html)
+ * and Postfix's virtual(8) habit of deferring whenever in doubt.
+ *
+ * A batch works in three steps:
+ *   1. open each distinct Maildir once (creating it on first delivery: parents with
+ *      fs_mkdirs_at, which makes every new name durable in its parent, then tmp/ new/ cur/
+ *      and an fsync of the Maildir folder);
+ *   2. per job: create tmp/NAME with O_EXCL, write prefix + content, fsync, close, rename
+ *      into new/NAME;
+ *   3. fsync each new/ that received a file, once; only then is a job ok. If that fsync
+ *      fails the files are taken out of new/ again, so a retry cannot deliver twice.
+ *
+ * Invariants: no absolute path is ever opened (everything is *at() relative to base_fd or
+ * to the Maildir's fd); a job that is not ok leaves no file behind in tmp/ or new/; the
+ * content is written exactly as queued (CRLF kept, no dot-stuffing, no conversion).
+ *
+ * Unique names combine time, pid, a process-wide counter and the thread id, so two
+ * threads (or two deliveries in the same microsecond) never collide; O_EXCL catches what
+ * would remain (another host sharing the folder with our name), and we pick a new name.
+ */
+#include "deliver/maildir.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "lib/fsutil.h"
+#include "lib/mem.h"
+
+#define MAILDIR_DIR_MODE 0700
+#define MAILDIR_FILE_MODE 0600
+#define NAME_TRIES 5           /* fresh unique names before giving up on EEXIST */
+#define COPY_CHUNK (64 * 1024) /* pread/write fallback buffer */
+
+/* The one piece of process-wide state: the Q<n> of unique names. */
+static atomic_ulong delivery_counter;
+
+struct mdir {
+    int base_fd;
+    const char *relpath;
+    int fd;   /* the Maildir folder, or -1 if it could not be opened */
+    int err;  /* why not */
+    bool permanent;
+    bool used; /* a file was renamed into new/ */
+};
+
+struct jstate {
+    struct mdir *m;
+    char name[160]; /* the unique name in tmp/ and new/ */
+    bool renamed;
+};
+
+static void job_fail(struct maildir_job *j, int err, bool permanent, const char *fmt, ...)
+    PRINTF_LIKE(4, 5);
+static void job_fail(struct maildir_job *j, int err, bool permanent, const char *fmt, ...)
+{
+    j->ok = false;
+    j->errnum = err;
+    j->permanent = permanent;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(j->error, sizeof j->error, fmt, ap);
+    va_end(ap);
+    if (err != 0 && n >= 0 && (size_t)n < sizeof j->error)
+        snprintf(j->error + n, sizeof j->error - (size_t)n, ": %s", strerror(err));
+}
+
+/* Errors that retrying cannot fix: the path itself is wrong. */
+static bool path_error_is_permanent(int err)
+{
+    return err == ENOTDIR || err == ENAMETOOLONG || err == ELOOP || err == EINVAL;
+}
+
+/* Relative, non-empty, no ".." component (the caller built it from the configuration
+ * pattern and a checked user name: this is the last line of defence). */
+static bool relpath_ok(const char *p)
+{
+    if (p == NULL || p[0] == '\0' || p[0] == '/')
+        return false;
+    for (const char *s = p; *s;) {
+        size_t len = strcspn(s, "/");
+        if (len == 2 && s[0] == '.' && s[1] == '.')
+            return false;
+        s += len;
+        while (*s == '/')
+            s++;
+    }
+    return true;
+}
+
+/* tmp/, new/ and cur/ inside an open Maildir; fsync it if any was created. */
+static int make_subdirs(int fd)
+{
+    static const char *const sub[] = {"tmp", "new", "cur"};
+    bool created = false;
+    for (size_t i = 0; i < ARRAY_LEN(sub); i++) {
+        if (mkdirat(fd, sub[i], MAILDIR_DIR_MODE) == 0)
+            created = true;
+        else if (errno != EEXIST)
+            return -1;
+    }
+    if (created && fsync(fd) != 0)
+        return -1;
+    return 0;
+}
+
+static void open_mdir(struct mdir *m)
+{
+    m->fd = -1;
+    if (!relpath_ok(m->relpath)) {
+        m->err = EINVAL;
+        m->permanent = true;
+        return;
+    }
+    int flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+    int fd = openat(m->base_fd, m->relpath, flags);
+    if (fd < 0 && errno == ENOENT) {
+        /* first delivery: create the Maildir and its parents */
+        if (fs_mkdirs_at(m->base_fd, m->relpath, MAILDIR_DIR_MODE) != 0) {
+            m->err = errno;
+            m->permanent = path_error_is_permanent(errno);
+            return;
+        }
+        fd = openat(m->base_fd, m->relpath, flags);
+    }
+    if (fd < 0) {
+        m->err = errno;
+        m->permanent = path_error_is_permanent(errno);
+        return;
+    }
+    if (make_subdirs(fd) != 0) {
+        m->err = errno;
+        m->permanent = path_error_is_permanent(errno);
+        close(fd);
+        return;
+    }
+    m->fd = fd;
+}
+
+/* HOST of the unique name: "/" and ":" are escaped as the specification says. */
+static void host_part(const char *host, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (const char *p = host && host[0] ? host : "localhost"; *p && n + 5 < cap; p++) {
+        if (*p == '/' || *p == ':') {
+            n += (size_t)snprintf(out + n, cap - n, "\\%03o", (unsigned char)*p);
+        } else if ((unsigned char)*p > ' ' && *p != 0x7f) {
+            out[n++] = *p;
+        }
+    }
+    out[n] = '\0';
+}
+
+static void unique_name(const struct maildir_job *j, char *out, size_t cap)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    char host[72];
+    host_part(j->hostname, host, sizeof host);
+    unsigned long q = atomic_fetch_add(&delivery_counter, 1);
+    snprintf(out, cap, "%lld.M%06ldP%ldQ%lu_%ld.%s,S=%zu", (long long)tv.tv_sec,
+             (long)tv.tv_usec, (long)getpid(), q, (long)gettid(), host,
+             j->prefix_len + j->body.len);
+}
+
+/* Copy len bytes at off of in_fd to out_fd: in the kernel when it can, else through a
+ * small buffer (never the whole message in memory). */
+static int copy_range(int out_fd, int in_fd, uint64_t off, size_t len)
+{
+    loff_t pos = (loff_t)off;
+    size_t left = len;
+    bool kernel = true;
+    char *buf = NULL;
+    while (left > 0) {
+        if (kernel) {
+            ssize_t r = copy_file_range(in_fd, &pos, out_fd, NULL, left, 0);
+            if (r > 0) {
+                left -= (size_t)r;
+                continue;
+            }
+            if (r == 0) { /* the spool file is shorter than the queue says */
+                errno = EIO;
+                break;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP &&
+                errno != EBADF)
+                break;
+            kernel = false; /* not supported between these files: copy through user space */
+            buf = xmalloc(COPY_CHUNK);
+        }
+        size_t chunk = left < COPY_CHUNK ? left : COPY_CHUNK;
+        if (fs_pread_all(in_fd, buf, chunk, (off_t)pos) != 0 ||
+            fs_write_all(out_fd, buf, chunk) != 0)
+            break;
+        pos += (loff_t)chunk;
+        left -= chunk;
+    }
+    int e = errno;
+    free(buf);
+    errno = e;
+    return left == 0 ? 0 : -1;
+}
+
+static int write_content(int fd, const struct maildir_job *j)
+{
+    if (j->prefix_len > 0 && fs_write_all(fd, j->prefix, j->prefix_len) != 0)
+        return -1;
+    if (j->body.len == 0)
+        return 0;
+    if (j->body.mem != NULL)
+        return fs_write_all(fd, j->body.mem, j->body.len);
+    return copy_range(fd, j->body.fd, j->body.off, j->body.len);
+}
+
+/* Step 2 for one job. */
+static void deliver_one(struct maildir_job *j, struct jstate *st)
+{
+    struct mdir *m = st->m;
+    char tmp[200], fresh[200];
+    int fd = -1;
+    for (int attempt = 0; attempt < NAME_TRIES && fd < 0; attempt++) {
+        unique_name(j, st->name, sizeof st->name);
+        snprintf(tmp, sizeof tmp, "tmp/%s", st->name);
+        fd = openat(m->fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                    MAILDIR_FILE_MODE);
+        if (fd < 0 && errno == ENOENT && make_subdirs(m->fd) == 0)
+            fd = openat(m->fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                        MAILDIR_FILE_MODE); /* someone removed tmp/: recreate it */
+        if (fd < 0 && errno != EEXIST)
+            break;
+    }
+    if (fd < 0) {
+        int e = errno;
+        job_fail(j, e, path_error_is_permanent(e) && e != ELOOP,
+                 "cannot create a file in %s/tmp", j->relpath);
+        return;
+    }
+    const char *what = "write";
+    if (write_content(fd, j) != 0)
+        goto fail;
+    what = "fsync";
+    if (fsync(fd) != 0)
+        goto fail;
+    what = "close";
+    int rc = close(fd);
+    fd = -1;
+    if (rc != 0)
+        goto fail;
+    what = "rename into new/";
+    snprintf(fresh, sizeof fresh, "new/%s", st->name);
+    if (renameat(m->fd, tmp, m->fd, fresh) != 0) {
+        if (errno != ENOENT || make_subdirs(m->fd) != 0 ||
+            renameat(m->fd, tmp, m->fd, fresh) != 0)
+            goto fail;
+    }
+    st->renamed = true;
+    m->used = true;
+    return;
+fail:;
+    int e = errno;
+    if (fd >= 0)
+        close(fd);
+    unlinkat(m->fd, tmp, 0);
+    job_fail(j, e, false, "%s of %s/%s failed", what, j->relpath, tmp);
+}
+
+void maildir_deliver_batch(struct maildir_job *jobs, size_t n)
+{
+    if (n == 0)
+        return;
+    struct mdir *dirs = xcalloc(n, sizeof *dirs);
+    struct jstate *st = xcalloc(n, sizeof *st);
+    size_t ndirs = 0;
+
+    /* step 1: the distinct Maildirs (same base and path text; an alias of the same folder
+     * by another path only costs an extra fsync) */
+    for (size_t i = 0; i < n; i++) {
+        struct maildir_job *j = &jobs[i];
+        j->ok = false;
+        j->permanent = false;
+        j->errnum = 0;
+        j->error[0] = j->filename[0] = '\0';
+        const char *rel = j->relpath ? j->relpath : "";
+        struct mdir *m = NULL;
+        for (size_t k = 0; k < ndirs && m == NULL; k++)
+            if (dirs[k].base_fd == j->base_fd && strcmp(dirs[k].relpath, rel) == 0)
+                m = &dirs[k];
+        if (m == NULL) {
+            m = &dirs[ndirs++];
+            m->base_fd = j->base_fd;
+            m->relpath = rel;
+            open_mdir(m);
+        }
+        st[i].m = m;
+    }
+
+    /* step 2: write and rename */
+    for (size_t i = 0; i < n; i++) {
+        struct maildir_job *j = &jobs[i];
+        struct mdir *m = st[i].m;
+        if (m->fd < 0) {
+            if (m->err == EINVAL && m->permanent)
+                job_fail(j, 0, true, "invalid Maildir path \"%.100s\"", m->relpath);
+            else
+                job_fail(j, m->err, m->permanent, "cannot open Maildir %.150s", m->relpath);
+            continue;
+        }
+        deliver_one(j, &st[i]);
+    }
+
+    /* step 3: one fsync per new/ that changed, then the verdicts */
+    for (size_t k = 0; k < ndirs; k++) {
+        struct mdir *m = &dirs[k];
+        if (m->fd < 0)
+            continue;
+        int err = 0;
+        if (m->used && fs_fsync_dir_at(m->fd, "new") != 0)
+            err = errno;
+        for (size_t i = 0; i < n; i++) {
+            if (st[i].m != m || !st[i].renamed)
+                continue;
+            struct maildir_job *j = &jobs[i];
+            if (err != 0) {
+                /* the name may or may not survive a crash: take it out, defer, retry */
+                char fresh[200];
+                snprintf(fresh, sizeof fresh, "new/%s", st[i].name);
+                unlinkat(m->fd, fresh, 0);
+                job_fail(j, err, false, "fsync of %s/new failed", j->relpath);
+                continue;
+            }
+            j->ok = true;
+            snprintf(j->filename, sizeof j->filename, "%s/new/%s", j->relpath, st[i].name);
+        }
+        close(m->fd);
+    }
+    free(dirs);
+    free(st);
+}
