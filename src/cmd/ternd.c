@@ -29,6 +29,7 @@
 #include "conf/conf.h"
 #include "control/control.h"
 #include "deliver/dispatch.h"
+#include "deliver/remote.h"
 #include "lib/dns.h"
 #include "lib/fsutil.h"
 #include "lib/log.h"
@@ -53,6 +54,7 @@ static struct {
     bool stopping;
     bool wrote_pidfile;
     struct workers *auth_pool;
+    struct dispatch *dispatch;
     struct sigwatch *sig_term, *sig_int, *sig_hup;
 } d;
 
@@ -228,8 +230,9 @@ static struct queue_params queue_params_of(const struct conf *c)
         .delay_warning_ms = c->delay_warning_ms,
         .min_free_space = c->min_free_space,
         .body_cache_max = BODY_CACHE_MAX,
-        .hooks = dispatch_hooks(),
+        .message_size_limit = c->message_size_limit,
     };
+    dispatch_hooks(d.dispatch, &p.hooks);
     return p;
 }
 
@@ -259,7 +262,8 @@ static void on_reload(int signo, void *arg)
         return;
     }
     setup_logging(fresh);
-    dispatch_set_conf(fresh);
+    dispatch_set_conf(d.dispatch, fresh);
+    remote_set_conf(fresh);
     struct queue_params qp = queue_params_of(fresh);
     queue_set_params(&qp);
     control_set_conf(fresh);
@@ -320,8 +324,11 @@ int main(int argc, char **argv)
     if (!d.foreground)
         daemonize();
 
-    /* everything that may need root */
-    make_dir(d.conf->spool, 0750);
+    /* everything that may need root. The spool is searchable by all so that tern-sendmail,
+     * run by any local user, reaches its drop folder (the queue keeps the rest private). */
+    make_dir(d.conf->spool, 0755);
+    if (chmod(d.conf->spool, 0755) != 0)
+        die("cannot set the mode of %s: %s", d.conf->spool, strerror(errno));
     if (open_mail_bases(d.conf, NULL, err, sizeof err) != 0)
         die("%s", err);
     if (server_bind(d.conf, err, sizeof err) != 0)
@@ -341,10 +348,12 @@ int main(int argc, char **argv)
         die("%s", err);
     d.auth_pool = workers_new("auth", 2);
     auth_init(d.auth_pool);
-    dispatch_init(d.conf);
+    remote_init(d.conf);
+    d.dispatch = dispatch_new(d.conf);
     struct queue_params qp = queue_params_of(d.conf);
     if (queue_open(&qp, err, sizeof err) != 0)
         die("%s", err);
+    queue_pickup();
     server_start();
     control_start(d.conf);
     d.sig_term = sigwatch_new(SIGTERM, on_stop_signal, NULL);
@@ -357,7 +366,8 @@ int main(int argc, char **argv)
         log_printf(LOG_LVL_ERROR, "event=loop_failed");
 
     /* orderly stop: no more deliveries, then the queue's last writes */
-    dispatch_shutdown();
+    dispatch_free(d.dispatch);
+    remote_shutdown();
     queue_close();
     server_free();
     control_free();

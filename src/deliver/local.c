@@ -13,9 +13,10 @@
  *
  * Status codes for Maildir failures (RFC 3463): over quota 4.2.2, file system full
  * 4.3.1, other temporary faults of the mailbox (permissions) 4.2.0, of the system (I/O,
- * read-only) 4.3.0; a mailbox path that can never work 5.2.0. Our own configuration
- * faults that an operator can fix (mail folder not open, a path that does not fit) defer
- * with 4.3.5 rather than bounce: never bounce because of a local fault we can repair.
+ * read-only) 4.3.0. A mailbox path that cannot work as configured (a path component is
+ * a file, a name too long) and our other configuration faults (mail folder not open)
+ * defer with 4.3.5 rather than bounce: they are local faults an operator can repair, and
+ * tern never bounces for those (the queue lifetime still ends the wait).
  *
  * The prefix is "Return-Path: <sender>" and "Delivered-To: user@domain" (the final
  * mailbox address), CRLF-terminated like the content that follows it.
@@ -119,7 +120,7 @@ static void job_free(struct ljob *j)
 static const char *maildir_status(const struct maildir_job *mj)
 {
     if (mj->permanent)
-        return "5.2.0";
+        return "4.3.5"; /* a local configuration fault: defer, never bounce (file comment) */
     switch (mj->errnum) {
     case EDQUOT:
         return "4.2.2";
@@ -141,8 +142,7 @@ static void maildir_job_report(struct local_agent *a, struct ljob *j)
     }
     char diag[400];
     snprintf(diag, sizeof diag, "x-tern; maildir: %s", j->mj.error);
-    enum delivery_kind kind = j->mj.permanent ? DELIVERY_PERM : DELIVERY_TEMP;
-    report(a, j->m, j->rcpt, kind, maildir_status(&j->mj), diag, j->mailbox);
+    report(a, j->m, j->rcpt, DELIVERY_TEMP, maildir_status(&j->mj), diag, j->mailbox);
 }
 
 static void agent_maybe_free(struct local_agent *a)

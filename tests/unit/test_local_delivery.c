@@ -699,7 +699,7 @@ static void test_maildir_failures(void **state)
     run_until(outcomes_reached);
     expect_outcome(m, "alice@closed.test", DELIVERY_TEMP, "4.3.5", "is not open");
 
-    /* the Maildir path is a regular file: permanent, 5.2.0 */
+    /* the Maildir path is a regular file: a configuration fault, deferred with 4.3.5 */
     char path[256];
     snprintf(path, sizeof path, "%s/mail/example.test", tmpdir);
     mkdir(path, 0700);
@@ -712,7 +712,7 @@ static void test_maildir_failures(void **state)
     dispatch_rcpts(m, &idx, 1);
     want_outcomes = 2;
     run_until(outcomes_reached);
-    expect_outcome(m, "carol@example.test", DELIVERY_PERM, "5.2.0", "x-tern; maildir: ");
+    expect_outcome(m, "carol@example.test", DELIVERY_TEMP, "4.3.5", "x-tern; maildir: ");
     unlink(path);
 
     /* over quota and disk full: temporary, with their own codes */
