@@ -13,7 +13,9 @@
  * caller holds a reference on the message.
  *
  * Hooks connect the queue to delivery without the queue knowing about it:
- *   dispatch: recipients are due; the queue marks them in flight until queue_report().
+ *   dispatch: recipients are due; the queue marks them in flight until queue_report()
+ *             (or queue_expand()), and m stays valid until then; whoever reads the
+ *             content meanwhile takes a reference (qmsg_ref) for as long as it reads.
  *   notify:   a DSN is due (failure, delay warning, success); the hook composes and
  *             commits it, then calls queue_dsn_done(), which records that it was sent.
  */
@@ -29,6 +31,8 @@
 #include "mail/envelope.h"
 
 #define QID_MAX 24 /* bytes including the NUL */
+/* Recipients of one message, counting those added by queue_expand(). */
+#define QUEUE_RCPTS_MAX 10000
 
 struct qmsg;
 struct qdraft;
@@ -56,7 +60,11 @@ struct qrcpt {
     const char *remote_mta; /* or NULL */
     bool in_flight;
     bool delay_warned;
-    bool dsn_sent;        /* the failure/success DSN for this recipient went out */
+    bool dsn_sent;        /* the failure/success DSN for this recipient went out (or none
+                           * is owed: an alias expanded to a single address passes the
+                           * request on, RFC 3461 section 6.2.7) */
+    bool relayed;         /* delivered to a next hop without DSN support: the success DSN
+                           * says "relayed", not "delivered" */
 };
 #define QRCPT_NO_PARENT UINT32_MAX
 
@@ -68,13 +76,16 @@ struct queue_hooks {
 };
 
 struct queue_params {
-    const char *spool_dir; /* absolute; created if missing */
+    const char *spool_dir; /* created if missing; a relative path is taken from the
+                            * current folder at queue_open() (only then) */
     const uint64_t *retry_ms;
     size_t nretry;
     uint64_t queue_lifetime_ms;
     uint64_t delay_warning_ms; /* 0: never */
     uint64_t min_free_space;   /* bytes; below this, queue_space_ok() is false */
     uint64_t body_cache_max;   /* bytes of message content kept in memory for delivery */
+    uint64_t message_size_limit; /* bounds maildrop files (2x this + 64 KiB); 0: 50 MiB */
+    uint64_t segment_max;      /* spool segment size before a new one; 0: 64 MiB */
     struct queue_hooks hooks;
 };
 
@@ -96,8 +107,10 @@ const char *queue_draft_id(const struct qdraft *d);
 bool queue_draft_write(struct qdraft *d, const void *p, size_t n);
 size_t queue_draft_size(const struct qdraft *d);
 void queue_draft_abort(struct qdraft *d);
-/* Take env and the draft. done(arg, 0) once durable (and the message is then scheduled for
- * delivery at once); done(arg, -1) if it could not be stored (nothing is kept). */
+/* Take env (a heap envelope, e.g. from envelope_move(); the queue frees it) and the draft.
+ * done(arg, 0) once durable (and the message is then dispatched at once); done(arg, -1)
+ * if it could not be stored (nothing is kept). done always runs later from the loop,
+ * never inside this call. */
 void queue_draft_commit(struct qdraft *d, struct envelope *env,
                         void (*done)(void *arg, int err), void *arg);
 
@@ -138,7 +151,12 @@ struct delivery_result {
 /* One recipient's outcome. TEMP after the queue lifetime becomes a failure. */
 void queue_report(struct qmsg *m, uint32_t rcpt, const struct delivery_result *r);
 /* Replace recipient `parent` (an alias) by the addresses given: they are added as pending
- * recipients and dispatched; parent becomes QR_EXPANDED. Returns the first new index. */
+ * recipients and dispatched (by the scheduler, as soon as the caller returns to the loop,
+ * never from inside this call); parent becomes QR_EXPANDED. The new recipients carry the
+ * parent's ORCPT (or "rfc822;" + the parent) and NOTIFY, less SUCCESS when n > 1 (the
+ * parent then owes an "expanded" success DSN; RFC 3461 section 6.2.7). Returns the first
+ * new index; QRCPT_NO_PARENT if the message would pass QUEUE_RCPTS_MAX recipients (the
+ * parent then fails with 5.3.4) or parent is not a recipient waiting for an outcome. */
 uint32_t queue_expand(struct qmsg *m, uint32_t parent, const char *const *addrs, size_t n);
 /* The notify hook sent (or gave up on) the DSN of this kind for these recipients. */
 void queue_dsn_done(struct qmsg *m, enum dsn_kind kind, const uint32_t *rcpts, size_t n);
@@ -158,8 +176,17 @@ void queue_foreach(void (*cb)(void *arg, struct qmsg *m), void *arg);
 int queue_flush(const char *id);
 /* Remove (no DSN); id NULL for all. -1 if unknown. */
 int queue_delete(const char *id);
+/* Hold (no delivery attempts) or release; id NULL for all. -1 if unknown. */
 int queue_hold(const char *id);
 int queue_release(const char *id);
 void queue_get_stats(struct queue_stats *s);
+
+/* ---- local submission ---- */
+
+/* Import every complete file of spool_dir/maildrop/ (written by maildrop_write(), see
+ * maildrop.h) into the queue; each file is unlinked once its queued copy is durable.
+ * ternd calls it at start; queue_open() also watches the folder (inotify) and calls it
+ * when a file arrives. Returns the number of files taken up by this call. */
+size_t queue_pickup(void);
 
 #endif
