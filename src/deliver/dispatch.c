@@ -170,18 +170,13 @@ void dispatch_free(struct dispatch *d)
 {
     if (d == NULL)
         return;
-    static const struct delivery_result shutting_down = {
-        .kind = DELIVERY_TEMP,
-        .status = "4.3.0",
-        .diagnostic = "x-tern; mail system shutting down",
-    };
     timer_free(d->timer);
+    /* Requests not yet handed on get no outcome: their recipients are still pending on
+     * disk, so the next start delivers them at once (an outcome such as "4.3.0 shutting
+     * down" would count an attempt and delay them by a whole retry step). */
     while (d->head != NULL) {
         struct request *r = d->head;
         d->head = r->next;
-        if (!r->notify) /* the queue would wait for these: give it an outcome */
-            for (size_t i = 0; i < r->n; i++)
-                queue_report(r->m, r->rcpts[i], &shutting_down);
         request_free(r);
     }
     local_agent_free(d->agent); /* frees itself once its running batches reported */

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "deliver/dispatch.h"
 #include "deliver/maildir.h"
 #include "lib/log.h"
 #include "lib/loop.h"
@@ -103,6 +104,16 @@ static void report(struct local_agent *a, struct qmsg *m, uint32_t rcpt, enum de
         log_str(&l, "error", diagnostic);
     log_end(&l);
     queue_report(m, rcpt, &r);
+    a->pending--;
+}
+
+/* Shutting down: give no outcome, so the recipient stays pending on disk and the next
+ * start delivers it at once (a temporary failure would cost it a whole retry step). */
+static void abandon(struct local_agent *a, struct qmsg *m, uint32_t rcpt)
+{
+    log_printf(LOG_LVL_INFO, "event=deliver.local qid=%s rcpt_index=%u result=abandoned "
+                             "note=\"shutting down; delivered after restart\"",
+               qmsg_id(m), (unsigned)rcpt);
     a->pending--;
 }
 
@@ -208,12 +219,53 @@ void local_agent_flush(struct local_agent *a)
 
 /* ---- resolution ---- */
 
+#define DEDUPE_RCPTS_MAX 1000 /* larger messages skip the (quadratic) duplicate check */
+
+/* Does a recipient of m listed before rcpt, already delivered or being delivered, end in
+ * the same mailbox? Then this one is a duplicate: one message, one copy per mailbox
+ * (e.g. <Postmaster> and <postmaster@domain>, or an alias and one of its members). The
+ * earlier recipient wins, so of several duplicates exactly one is written. */
+static bool duplicate_mailbox(struct conf *c, struct qmsg *m, uint32_t rcpt, const char *mailbox)
+{
+    size_t n = qmsg_nrcpts(m);
+    if (n > DEDUPE_RCPTS_MAX)
+        return false;
+    for (uint32_t i = 0; i < rcpt && i < n; i++) {
+        const struct qrcpt *q = qmsg_rcpt(m, i);
+        if (q->state != QR_DELIVERED && !q->in_flight)
+            continue;
+        if (!dispatch_is_local(c, q->addr))
+            continue;
+        struct local_result res;
+        if (q->parent != QRCPT_NO_PARENT)
+            local_resolve_final(c, q->addr, &res);
+        else
+            local_resolve(c, q->addr, &res);
+        bool same = false;
+        if (res.kind == LOCAL_MAILBOX) {
+            char other[400];
+            snprintf(other, sizeof other, "%s@%s", res.user, res.domain->name);
+            same = strcmp(other, mailbox) == 0;
+        }
+        local_result_free(&res);
+        if (same)
+            return true;
+    }
+    return false;
+}
+
 static void enqueue_mailbox(struct local_agent *a, struct conf *c, struct qmsg *m, uint32_t rcpt,
                             const struct local_result *res)
 {
     const struct domain_conf *d = res->domain;
     char mailbox[400];
     snprintf(mailbox, sizeof mailbox, "%s@%s", res->user, d->name);
+    if (duplicate_mailbox(c, m, rcpt, mailbox)) {
+        report(a, m, rcpt, DELIVERY_OK, "2.0.0",
+               "x-tern; same mailbox as another recipient of this message: delivered once",
+               mailbox);
+        return;
+    }
     char rel[4096];
     if (!local_mailbox_path(d, res->user, rel, sizeof rel)) {
         report(a, m, rcpt, DELIVERY_TEMP, "4.3.5",
@@ -259,7 +311,7 @@ void local_agent_deliver(struct local_agent *a, struct conf *c, struct qmsg *m,
         const struct qrcpt *qr = qmsg_rcpt(m, idx);
         a->pending++;
         if (a->closing) {
-            report(a, m, idx, DELIVERY_TEMP, "4.3.0", "x-tern; mail system shutting down", NULL);
+            abandon(a, m, idx);
             continue;
         }
         struct local_result res;
@@ -303,12 +355,11 @@ void local_agent_free(struct local_agent *a)
     if (a == NULL)
         return;
     a->closing = true;
-    while (a->head != NULL) { /* never submitted: the queue tries again later */
+    while (a->head != NULL) { /* never submitted: delivered after the next start */
         struct ljob *j = a->head;
         a->head = j->next;
         a->queued--;
-        report(a, j->m, j->rcpt, DELIVERY_TEMP, "4.3.0", "x-tern; mail system shutting down",
-               j->mailbox);
+        abandon(a, j->m, j->rcpt);
         job_free(j);
     }
     a->tail = &a->head;

@@ -107,6 +107,10 @@ aliases = aliases
                 s.settimeout(2)
                 s.recv(512)
                 s.sendall(b"QUIT\r\n")
+                # read until the server closes: then this probe no longer counts as a
+                # session (tests of session limits start right after)
+                while s.recv(512):
+                    pass
             return True
         except OSError:
             return False
