@@ -25,6 +25,7 @@
 
 struct io {
     struct bufferevent *bev;
+    struct timer *flush_check; /* TLS: waits for the socket layer to drain too */
     const struct io_handlers *h;
     void *arg;
     void *ssl; /* owned by the filter bufferevent once TLS starts */
@@ -48,11 +49,34 @@ static void on_bev_read(struct bufferevent *bev, void *arg)
     io->h->on_read(io, io->arg);
 }
 
+/* Bytes written but not yet handed to the kernel: with TLS, the filter's output and the
+ * encrypted bytes still in the socket layer below it. */
+static size_t pending_output(struct io *io)
+{
+    size_t n = evbuffer_get_length(bufferevent_get_output(io->bev));
+    struct bufferevent *under = bufferevent_get_underlying(io->bev);
+    if (under != NULL)
+        n += evbuffer_get_length(bufferevent_get_output(under));
+    return n;
+}
+
 static void on_bev_write(struct bufferevent *bev, void *arg)
 {
     struct io *io = arg;
+    if (pending_output(io) > 0) {
+        /* the TLS filter drained into the socket layer, which has not written it all yet:
+         * "flushed" must mean flushed, or a close right after would cut the last reply */
+        timer_arm(io->flush_check, 5);
+        return;
+    }
     if (io->h->on_flushed)
         io->h->on_flushed(io, io->arg);
+}
+
+static void on_flush_check(void *arg)
+{
+    struct io *io = arg;
+    on_bev_write(io->bev, io);
 }
 
 static void on_bev_event(struct bufferevent *bev, short what, void *arg)
@@ -117,6 +141,7 @@ static struct io *io_wrap(int fd, const struct io_handlers *h, void *arg)
     io->h = h;
     io->arg = arg;
     io->fd = fd;
+    io->flush_check = timer_new(on_flush_check, io);
     io->bev = bufferevent_socket_new(loop_base(), fd, BEV_OPT_CLOSE_ON_FREE);
     if (io->bev == NULL)
         fatal("bufferevent_socket_new failed");
@@ -164,6 +189,7 @@ void io_free(struct io *io)
         return;
     if (io->bev)
         bufferevent_free(io->bev); /* closes the socket (and frees SSL for a filter) */
+    timer_free(io->flush_check);
     free(io);
 }
 
@@ -206,7 +232,7 @@ void io_write(struct io *io, const void *p, size_t n)
 
 size_t io_output_len(struct io *io)
 {
-    return evbuffer_get_length(bufferevent_get_output(io->bev));
+    return pending_output(io);
 }
 
 void io_read_enable(struct io *io, bool on)
