@@ -87,6 +87,7 @@ static const struct key_def top_keys[] = {
      NOLIM, false},
     {"reverse_dns", K_BOOL, TOP(reverse_dns), "yes", NOLIM, false},
     {"reverse_dns_timeout", K_DURATION, TOP(reverse_dns_timeout_ms), "3s", 100, 60000, false},
+    {"reverse_dns_skip", K_CIDRS, TOP(reverse_dns_skip), "127.0.0.0/8, ::1", NOLIM, false},
     {"recipient_delimiter", K_DELIM, TOP(recipient_delimiter), "+", NOLIM, false},
     {"postmaster", K_ADDRESS, TOP(postmaster), NULL, NOLIM, false},
     {"trusted_networks", K_CIDRS, TOP(trusted_networks), "", NOLIM, false},
@@ -835,6 +836,7 @@ void conf_unref(struct conf *c)
         free(*strings[i]);
     cidr_list_free(&c->session_limit_exceptions);
     cidr_list_free(&c->trusted_networks);
+    cidr_list_free(&c->reverse_dns_skip);
     free(c->retry_ms);
     free(c);
 }

@@ -84,6 +84,7 @@ struct conf {
     struct cidr_list session_limit_exceptions;
     bool reverse_dns;
     uint64_t reverse_dns_timeout_ms;
+    struct cidr_list reverse_dns_skip; /* clients never looked up (loopback by default) */
     char *recipient_delimiter; /* "" disables */
     char *postmaster;          /* address */
 

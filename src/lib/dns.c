@@ -41,6 +41,24 @@ static void on_ub_readable(int fd, void *arg)
     ub_process(ub);
 }
 
+/* With a configured server, that server answers everything: remove the local zones
+ * libunbound answers itself by default, the special-use names of RFC 6761 (a test DNS
+ * server serves exactly those, e.g. example.test) and the loopback reverse zones.
+ * (ub_ctx_zone_remove finalizes the context, so this runs after the options.) */
+static int forward_everything(void)
+{
+    static const char *const zones[] = {
+        "test.", "invalid.", "onion.", "home.arpa.", "127.in-addr.arpa.",
+        "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.",
+    };
+    for (size_t i = 0; i < sizeof zones / sizeof zones[0]; i++) {
+        int rc = ub_ctx_zone_remove(ub, zones[i]);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 int dns_init(const char *server, char *err, size_t errlen)
 {
     ub = ub_ctx_create();
@@ -61,6 +79,11 @@ int dns_init(const char *server, char *err, size_t errlen)
         char fwd[160];
         snprintf(fwd, sizeof fwd, "%s@%u", host, port);
         rc = ub_ctx_set_fwd(ub, fwd);
+        /* the private reverse zones too (see forward_everything() below) */
+        if (rc == 0)
+            rc = ub_ctx_set_option(ub, "unblock-lan-zones:", "yes");
+        if (rc == 0)
+            rc = ub_ctx_set_option(ub, "insecure-lan-zones:", "yes");
     } else {
         rc = ub_ctx_resolvconf(ub, "/etc/resolv.conf");
         if (rc == 0)
@@ -71,6 +94,10 @@ int dns_init(const char *server, char *err, size_t errlen)
         return -1;
     }
     if ((rc = ub_ctx_async(ub, 1)) != 0) {
+        snprintf(err, errlen, "dns setup: %s", ub_strerror(rc));
+        return -1;
+    }
+    if (server != NULL && (rc = forward_everything()) != 0) {
         snprintf(err, errlen, "dns setup: %s", ub_strerror(rc));
         return -1;
     }

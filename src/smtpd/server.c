@@ -70,9 +70,11 @@ struct conn {
     bool trusted, counted_ip, greeted, closing, loopback;
     char *rdns;
     struct dns_query *rdns_query;
+    bool data_waits_for_rdns; /* DATA arrived before the reverse lookup finished */
     struct qdraft *draft;
     bool draft_failed;
     char proto[16];
+    char single_rcpt[ADDR_TEXT_MAX + 1]; /* Received: "for" when there is one recipient */
     struct timer *timer;
     enum conn_timer timer_kind;
     struct reply delayed;
@@ -187,6 +189,10 @@ static void conn_close(struct conn *cn, const char *reason)
     if (cn->rdns_query) {
         dns_cancel(cn->rdns_query);
         cn->rdns_query = NULL;
+        if (cn->data_waits_for_rdns) {
+            cn->data_waits_for_rdns = false;
+            cn->pending--; /* that host call will never answer now */
+        }
     }
     if (cn->timer_kind != CT_AUTH_DELAY)
         timer_stop(cn->timer);
@@ -448,16 +454,14 @@ static enum host_rc host_rcpt(void *ctx, const struct mailaddr *to, const struct
     return HOST_DONE;
 }
 
-static enum host_rc host_data_begin(void *ctx, const struct envelope *env, struct reply *r)
+/* Open the queue draft and write the Received: header (the reverse name is final now). */
+static void open_draft(struct conn *cn, struct reply *r)
 {
-    struct conn *cn = ctx;
     const struct conf *c = cn->ctx->conf;
     if (cn->draft != NULL)
         fatal("session %s: a second draft", cn->sid);
     cn->draft = queue_draft_new();
     cn->draft_failed = false;
-    snprintf(cn->proto, sizeof cn->proto, "%s", session_protocol(cn->sess));
-
     char tls[160] = "";
     if (session_tls(cn->sess)) {
         char version[32], cipher[96];
@@ -473,7 +477,7 @@ static enum host_rc host_data_begin(void *ctx, const struct envelope *env, struc
         .with = cn->proto,
         .tls = tls[0] ? tls : NULL,
         .id = queue_draft_id(cn->draft),
-        .for_addr = env->nrcpts == 1 ? env->rcpts[0].addr : NULL,
+        .for_addr = cn->single_rcpt[0] ? cn->single_rcpt : NULL,
         .when = time(NULL),
     };
     char hdr[RECEIVED_MAX];
@@ -482,9 +486,25 @@ static enum host_rc host_data_begin(void *ctx, const struct envelope *env, struc
         queue_draft_abort(cn->draft);
         cn->draft = NULL;
         reply_set(r, 451, "4.3.0", "Error: cannot queue the message now, try again later");
-        return HOST_DONE;
+        return;
     }
     reply_set(r, 354, NULL, "go ahead");
+}
+
+static enum host_rc host_data_begin(void *ctx, const struct envelope *env, struct reply *r)
+{
+    struct conn *cn = ctx;
+    snprintf(cn->proto, sizeof cn->proto, "%s", session_protocol(cn->sess));
+    snprintf(cn->single_rcpt, sizeof cn->single_rcpt, "%s",
+             env->nrcpts == 1 ? env->rcpts[0].addr : "");
+    if (cn->rdns_query != NULL) {
+        /* the client's name is still being looked up (bounded by reverse_dns_timeout):
+         * Received: should carry it, so the message starts when the answer is in */
+        cn->data_waits_for_rdns = true;
+        cn->pending++;
+        return HOST_PENDING;
+    }
+    open_draft(cn, r);
     return HOST_DONE;
 }
 
@@ -651,6 +671,15 @@ static void rdns_done(void *arg, const char *name)
     cn->rdns_query = NULL;
     if (name != NULL)
         cn->rdns = xstrdup(name);
+    if (cn->data_waits_for_rdns) {
+        cn->data_waits_for_rdns = false;
+        if (conn_release(cn))
+            return;
+        struct reply r;
+        open_draft(cn, &r);
+        session_resume(cn->sess, &r);
+        conn_feed(cn);
+    }
 }
 
 /* ---- accepting ---- */
@@ -718,7 +747,7 @@ static void on_accept(int fd, const struct sockaddr *sa, socklen_t len, void *ar
         conn_after(cn);
         return;
     }
-    if (c->reverse_dns && !cn->loopback)
+    if (c->reverse_dns && !cidr_list_match(&c->reverse_dns_skip, sa))
         cn->rdns_query = dns_reverse(sa, c->reverse_dns_timeout_ms, rdns_done, cn);
     if (x->lc->role == ROLE_SUBMISSIONS)
         start_tls(cn, true);
