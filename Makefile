@@ -48,6 +48,8 @@ PYTHON := /usr/bin/python3
 FUZZ_SECONDS ?= 20
 
 .PHONY: all deps deps-build run check unit integration asan fuzz fuzz-check bench clean
+# keep test objects between runs (they are intermediate files of the test binaries)
+.SECONDARY:
 all: $(PROGS)
 
 $(B)/obj/%.o: %.c
@@ -83,7 +85,7 @@ run: deps-build
 	exec build/ternd -F -c var/ternd.conf
 
 unit: $(UNIT_BINS)
-	@scripts/run-unit $(UNIT_BINS)
+	@scripts/run-unit "$(BUILD)" $(UNIT_BINS)
 
 integration: $(PROGS)
 	$(PYTHON) -m pytest -q tests/integration
