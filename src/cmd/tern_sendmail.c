@@ -320,7 +320,7 @@ int main(int argc, char **argv)
         exec_ternctl(conf_path, mode);
 
     char err[1024];
-    struct conf *c = conf_load(conf_path, err, sizeof err);
+    struct conf *c = conf_load_opts(conf_path, CONF_SKIP_TABLES, err, sizeof err);
     if (c == NULL)
         die(EX_CONFIG, "%s", err);
 

@@ -802,7 +802,7 @@ int main(int argc, char **argv)
         die(EXIT_USAGE, "usage: ternctl [-c FILE] [-j] %s", cmds[i].usage);
 
     char err[1024];
-    struct conf *c = conf_load(conf_path, err, sizeof err);
+    struct conf *c = conf_load_opts(conf_path, CONF_SKIP_TABLES, err, sizeof err);
     if (c == NULL)
         die(EXIT_FAILED, "%s", err);
     char *sock = xstrdup(c->control_socket);

@@ -672,11 +672,16 @@ static void split_mailboxes(struct domain_conf *d)
     d->mail_base_fd = -1;
 }
 
-static bool load_tables(struct conf *c, char *err, size_t errlen)
+static bool load_tables(struct conf *c, unsigned flags, char *err, size_t errlen)
 {
     for (size_t i = 0; i < c->ndomains; i++) {
         struct domain_conf *d = &c->domains[i];
         split_mailboxes(d);
+        if (flags & CONF_SKIP_TABLES) {
+            d->users = users_empty();
+            d->aliases = aliases_empty();
+            continue;
+        }
         d->users = d->users_path ? users_load(d->users_path, err, errlen) : users_empty();
         if (d->users == NULL)
             return false;
@@ -687,7 +692,7 @@ static bool load_tables(struct conf *c, char *err, size_t errlen)
     return true;
 }
 
-static bool finish(struct conf *c, char *err, size_t errlen)
+static bool finish(struct conf *c, unsigned flags, char *err, size_t errlen)
 {
     if (c->hostname == NULL) {
         char host[256];
@@ -740,10 +745,15 @@ static bool finish(struct conf *c, char *err, size_t errlen)
         snprintf(err, errlen, "%s: relayhost_user and relayhost_password go together", c->path);
         return false;
     }
-    return load_tables(c, err, errlen);
+    return load_tables(c, flags, err, errlen);
 }
 
 struct conf *conf_load(const char *path, char *err, size_t errlen)
+{
+    return conf_load_opts(path, 0, err, errlen);
+}
+
+struct conf *conf_load_opts(const char *path, unsigned flags, char *err, size_t errlen)
 {
     struct conf *c = xcalloc(1, sizeof *c);
     c->refs = 1;
@@ -783,7 +793,7 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
         conf_unref(c);
         return NULL;
     }
-    if (!finish(c, err, errlen)) {
+    if (!finish(c, flags, err, errlen)) {
         conf_unref(c);
         return NULL;
     }

@@ -121,6 +121,11 @@ struct conf {
 
 /* Load and validate; NULL with "FILE:LINE: reason" in err. */
 struct conf *conf_load(const char *path, char *err, size_t errlen);
+/* The same, for tools run by any local user (tern-sendmail, ternctl): the users and aliases
+ * files (which hold password hashes and may be private) are not read; every domain gets
+ * empty tables. */
+#define CONF_SKIP_TABLES 1u
+struct conf *conf_load_opts(const char *path, unsigned flags, char *err, size_t errlen);
 void conf_ref(struct conf *c);
 void conf_unref(struct conf *c);
 

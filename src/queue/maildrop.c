@@ -86,14 +86,15 @@ int maildrop_write(const char *spool_dir, const struct envelope *env, const void
     char tmp[64];
     snprintf(tmp, sizeof tmp, ".tmp.%s", id);
     int rc = -1;
-    int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
     if (fd < 0) {
         fail(err, errlen, "cannot create %s/%s: %s", path, tmp, strerror(errno));
         goto out;
     }
     struct iovec v[3] = {{hdr, sizeof hdr}, {text.data, text.len}, {(void *)msg, len}};
-    /* 0644 whatever the umask: ternd runs as another user and must read it */
-    if (fchmod(fd, 0644) != 0 || writev_all(fd, v, 3) != 0 || fsync(fd) != 0) {
+    /* 0640 whatever the umask: the folder's setgid bit gave the file ternd's group, so
+     * ternd (another user) can read it and other local users cannot */
+    if (fchmod(fd, 0640) != 0 || writev_all(fd, v, 3) != 0 || fsync(fd) != 0) {
         fail(err, errlen, "cannot write %s/%s: %s", path, tmp, strerror(errno));
         close(fd);
         unlinkat(dirfd, tmp, 0);

@@ -4,9 +4,12 @@
  * exits, and ternd imports it when it starts or when the folder changes (queue_pickup()).
  *
  * A drop file holds exactly one message record (record.h: header, envelope text, content)
- * and is named by its queue id. It is written as ".tmp.ID" (mode 0644 so ternd can read
- * it), fsync'ed, renamed to "ID" and the folder fsync'ed. Names starting with '.' are never
- * imported. The folder is mode 1733 (anyone may create, nobody else may list or remove).
+ * and is named by its queue id. It is written as ".tmp.ID", fsync'ed, renamed to "ID" and
+ * the folder fsync'ed. Names starting with '.' are never imported. The folder is mode 3777
+ * and belongs to ternd's group: anyone may create files and open the folder (to fsync it:
+ * that needs read permission), nobody may remove another's files (sticky), and every file
+ * created in it belongs to ternd's group (setgid) with mode 0640, so ternd can read it and
+ * other local users cannot.
  *
  * Drop files may come from any local user: maildrop_open() trusts nothing in them. It
  * refuses anything but a regular file with one link, bounds the size, checks the header
@@ -28,7 +31,7 @@
 #include "queue/queue.h"
 
 #define MAILDROP_DIR "maildrop"
-#define MAILDROP_MODE 01733
+#define MAILDROP_MODE 03777
 
 /* Write one message into spool_dir/maildrop/. 0 with the new id in id (QID_MAX bytes), or
  * -1 with a reason in err. */

@@ -1539,15 +1539,14 @@ int queue_open(const struct queue_params *p, char *err, size_t errlen)
     int rc = -1;
     uint32_t next_seq = 1;
     /* the spool is searchable by all (local users drop mail in maildrop/); the queue is
-     * ours alone; maildrop is write-only for others and sticky, like /tmp without reading */
+     * ours alone; maildrop's mode is explained in maildrop.h (and enforced at every start,
+     * so a spool made by an older version is corrected) */
     if (fs_mkdirs_at(AT_FDCWD, Q.spool_dir, 0711) != 0 ||
         fs_mkdirs_at(AT_FDCWD, qpath, 0700) != 0) {
         snprintf(err, errlen, "cannot create %s: %s", qpath, strerror(errno));
         goto out;
     }
-    struct stat st;
-    if (stat(dpath, &st) != 0 &&
-        (fs_mkdirs_at(AT_FDCWD, dpath, 0700) != 0 || chmod(dpath, MAILDROP_MODE) != 0)) {
+    if (fs_mkdirs_at(AT_FDCWD, dpath, 0700) != 0 || chmod(dpath, MAILDROP_MODE) != 0) {
         snprintf(err, errlen, "cannot create %s: %s", dpath, strerror(errno));
         goto out;
     }

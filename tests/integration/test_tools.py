@@ -474,9 +474,7 @@ def test_ctl_other_user_refused(ternd):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="the drop folder is not usable by ordinary users yet: "
-                   "maildrop_write() opens the 1733 folder O_RDONLY (to fsync it), which "
-                   "needs read permission")
+@needs_root
 def test_sendmail_as_ordinary_user(ternd):
     r = runuser("nobody", [str(SENDMAIL), "-C", str(ternd.conf), "-t"],
                 input=b"To: alice@example.test\nSubject: from nobody\n\nhi\n")
