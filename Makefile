@@ -101,6 +101,7 @@ fuzz-check:
 
 check: deps
 	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory CC=clang B=build/clang all  # clang must be clean too
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory fuzz-check FUZZ_SECONDS=12
