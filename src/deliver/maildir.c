@@ -6,8 +6,9 @@
  *   1. open each distinct Maildir once (creating it on first delivery: parents with
  *      fs_mkdirs_at, which makes every new name durable in its parent, then tmp/ new/ cur/
  *      and an fsync of the Maildir folder);
- *   2. per job: create tmp/NAME with O_EXCL, write prefix + content, fsync, close, rename
- *      into new/NAME;
+ *   2. per job: an unnamed file in tmp/ (O_TMPFILE), prefix + content written, fsync, then
+ *      linked into new/NAME; where the file system cannot do that, the classic way:
+ *      create tmp/NAME with O_EXCL, write, fsync, close, rename into new/NAME;
  *   3. fsync each new/ that received a file, once; only then is a job ok. If that fsync
  *      fails the files are taken out of new/ again, so a retry cannot deliver twice.
  *
@@ -222,9 +223,67 @@ static int write_content(int fd, const struct maildir_job *j)
     return copy_range(fd, j->body.fd, j->body.off, j->body.len);
 }
 
+/* Step 2 for one job, the fast way: an unnamed file (O_TMPFILE) in tmp/, written and
+ * synced, then linked into new/ under its unique name. The message still appears in new/
+ * only when complete (the point of tmp/), and no name is created in tmp/ and renamed away:
+ * on this kind of file system that saves a directory update and its sync per message.
+ * Returns false (with errno) if the file system cannot do it; the caller falls back. */
+static bool deliver_linked(struct maildir_job *j, struct jstate *st, const char **what)
+{
+    struct mdir *m = st->m;
+    int fd = openat(m->fd, "tmp", O_TMPFILE | O_WRONLY | O_CLOEXEC, MAILDIR_FILE_MODE);
+    if (fd < 0 && errno == ENOENT && make_subdirs(m->fd) == 0)
+        fd = openat(m->fd, "tmp", O_TMPFILE | O_WRONLY | O_CLOEXEC, MAILDIR_FILE_MODE);
+    if (fd < 0) {
+        *what = NULL; /* not supported here (or no tmp/): let the classic way decide */
+        return false;
+    }
+    char proc[64], fresh[200];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    *what = "write";
+    if (write_content(fd, j) != 0)
+        goto fail;
+    *what = "fsync";
+    if (fsync(fd) != 0)
+        goto fail;
+    *what = "link into new/";
+    for (int attempt = 0; attempt < NAME_TRIES; attempt++) {
+        unique_name(j, st->name, sizeof st->name);
+        snprintf(fresh, sizeof fresh, "new/%s", st->name);
+        if (linkat(AT_FDCWD, proc, m->fd, fresh, AT_SYMLINK_FOLLOW) == 0) {
+            close(fd);
+            st->renamed = true;
+            m->used = true;
+            return true;
+        }
+        if (errno == ENOENT && make_subdirs(m->fd) == 0 &&
+            linkat(AT_FDCWD, proc, m->fd, fresh, AT_SYMLINK_FOLLOW) == 0) {
+            close(fd);
+            st->renamed = true;
+            m->used = true;
+            return true;
+        }
+        if (errno != EEXIST)
+            break;
+    }
+fail:;
+    int e = errno;
+    close(fd); /* an unnamed file vanishes with its last descriptor: nothing to clean */
+    errno = e;
+    return false;
+}
+
 /* Step 2 for one job. */
 static void deliver_one(struct maildir_job *j, struct jstate *st)
 {
+    const char *linked_what = NULL;
+    if (deliver_linked(j, st, &linked_what))
+        return;
+    if (linked_what != NULL && !(errno == ENOENT && strcmp(linked_what, "link into new/") == 0)) {
+        /* a real failure (not "no O_TMPFILE" or "no /proc"): report it */
+        job_fail(j, errno, false, "%s of a new file in %s/tmp failed", linked_what, j->relpath);
+        return;
+    }
     struct mdir *m = st->m;
     char tmp[200], fresh[200];
     int fd = -1;

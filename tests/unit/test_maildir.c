@@ -1,4 +1,4 @@
-/* LDWRAP: -Wl,--wrap=fsync,--wrap=write,--wrap=copy_file_range */
+/* LDWRAP: -Wl,--wrap=fsync,--wrap=write,--wrap=copy_file_range,--wrap=openat */
 /*
  * test_maildir: Maildir delivery (deliver/maildir): layout and modes, exact bytes from
  * memory and from a file range (kernel copy and the user-space fallback, short writes),
@@ -79,6 +79,28 @@ ssize_t __wrap_write(int fd, const void *p, size_t n)
             n = 7;
     }
     return __real_write(fd, p, n);
+}
+
+/* The whole suite runs twice: with O_TMPFILE (the normal way) and with it refused, as on
+ * a file system without it, which exercises the classic tmp/NAME + rename path. */
+static bool no_tmpfile;
+
+int __real_openat(int dirfd, const char *path, int flags, ...);
+int __wrap_openat(int dirfd, const char *path, int flags, ...);
+int __wrap_openat(int dirfd, const char *path, int flags, ...)
+{
+    mode_t mode = 0;
+    if (flags & (O_CREAT | O_TMPFILE)) {
+        va_list ap;
+        va_start(ap, flags);
+        mode = (mode_t)va_arg(ap, int);
+        va_end(ap);
+    }
+    if (no_tmpfile && (flags & O_TMPFILE) == O_TMPFILE) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    return __real_openat(dirfd, path, flags, mode);
 }
 
 ssize_t __real_copy_file_range(int in, loff_t *inoff, int out, loff_t *outoff, size_t len,
@@ -521,5 +543,8 @@ int main(void)
         cmocka_unit_test(test_missing_subdir_recreated),
         cmocka_unit_test(test_several_maildirs_one_batch),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int failed = cmocka_run_group_tests_name("maildir (O_TMPFILE + link)", tests, setup, teardown);
+    no_tmpfile = true;
+    failed += cmocka_run_group_tests_name("maildir (tmp/ + rename)", tests, setup, teardown);
+    return failed;
 }
