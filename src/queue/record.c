@@ -6,6 +6,7 @@
 #include "queue/record.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,30 +128,31 @@ static void gf2_square(uint32_t *sq, const uint32_t *mat)
         sq[i] = gf2_times(mat, mat[i]);
 }
 
-uint32_t rec_crc_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
+/* zeros_op[k] carries a CRC through 2^k zero bytes; built once (8 KiB), so a combination
+ * costs one matrix-vector product per set bit of the length instead of a chain of
+ * matrix squarings (this runs for every message committed). */
+static uint32_t zeros_op[64][32];
+static pthread_once_t zeros_once = PTHREAD_ONCE_INIT;
+
+static void build_zeros_ops(void)
 {
-    if (len2 == 0)
-        return crc1 ^ crc2; /* no shift; crc2 is 0 for an empty B */
-    uint32_t even[32], odd[32];
+    uint32_t odd[32], even[32];
     odd[0] = 0x82f63b78u; /* one zero bit: shift, and xor the polynomial if bit 0 was set */
     for (int i = 1; i < 32; i++)
         odd[i] = 1u << (i - 1);
-    gf2_square(even, odd); /* two zero bits */
-    gf2_square(odd, even); /* four */
-    for (;;) {
-        gf2_square(even, odd); /* 8, 32, 128 ... bits: 1, 4, 16 ... bytes */
+    gf2_square(even, odd);            /* two zero bits */
+    gf2_square(odd, even);            /* four */
+    gf2_square(zeros_op[0], odd);     /* eight: one byte */
+    for (int k = 1; k < 64; k++)
+        gf2_square(zeros_op[k], zeros_op[k - 1]);
+}
+
+uint32_t rec_crc_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
+{
+    pthread_once(&zeros_once, build_zeros_ops);
+    for (int k = 0; len2 != 0; k++, len2 >>= 1)
         if (len2 & 1)
-            crc1 = gf2_times(even, crc1);
-        len2 >>= 1;
-        if (len2 == 0)
-            break;
-        gf2_square(odd, even);
-        if (len2 & 1)
-            crc1 = gf2_times(odd, crc1);
-        len2 >>= 1;
-        if (len2 == 0)
-            break;
-    }
+            crc1 = gf2_times(zeros_op[k], crc1);
     return crc1 ^ crc2;
 }
 
