@@ -8,7 +8,10 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
+#include "lib/log.h"
 #include "lib/loop.h"
 #include "lib/mem.h"
 
@@ -28,12 +31,16 @@ struct workers {
     pthread_t *threads;
     unsigned nthreads;
     size_t pending; /* loop thread only */
+    int nice;
     bool stopping;
 };
 
 static void *worker_main(void *arg)
 {
     struct workers *w = arg;
+    /* on Linux a nice value belongs to the thread; failing to lower it is harmless */
+    if (w->nice != 0 && setpriority(PRIO_PROCESS, (id_t)gettid(), w->nice) != 0)
+        log_printf(LOG_LVL_DEBUG, "event=workers.nice_failed nice=%d", w->nice);
     pthread_mutex_lock(&w->lock);
     for (;;) {
         while (w->todo_head == NULL && !w->stopping)
@@ -80,7 +87,13 @@ static void run_done(void *arg)
 
 struct workers *workers_new(const char *name, unsigned nthreads)
 {
+    return workers_new_nice(name, nthreads, 0);
+}
+
+struct workers *workers_new_nice(const char *name, unsigned nthreads, int nice)
+{
     struct workers *w = xcalloc(1, sizeof *w);
+    w->nice = nice;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
     w->todo_tail = &w->todo_head;

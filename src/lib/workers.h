@@ -11,6 +11,9 @@
 struct workers;
 
 struct workers *workers_new(const char *name, unsigned nthreads);
+/* The same, with the threads at a lower scheduling priority (nice > 0): for background
+ * work that must not take CPU from the loop when both want it. */
+struct workers *workers_new_nice(const char *name, unsigned nthreads, int nice);
 void workers_submit(struct workers *w, void (*work)(void *arg), void (*done)(void *arg), void *arg);
 /* Jobs submitted and not yet completed (done() not yet run). */
 size_t workers_pending(const struct workers *w);

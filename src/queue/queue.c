@@ -972,7 +972,8 @@ static void commit_done(struct cjob *j)
     Q.committed++;
     qdraft_free(j->d);
     struct logline l;
-    log_begin(&l, LOG_LVL_INFO, "queue.commit");
+    /* debug: smtp.queued (or queue.pickup) already says so at info, with more context */
+    log_begin(&l, LOG_LVL_DEBUG, "queue.commit");
     log_str(&l, "qid", m->id);
     log_uint(&l, "size", m->body_len);
     log_uint(&l, "rcpts", m->nrcpts);
@@ -1739,7 +1740,8 @@ void queue_report(struct qmsg *m, uint32_t i, const struct delivery_result *res)
         break;
     }
     struct logline l;
-    log_begin(&l, res->kind == DELIVERY_OK ? LOG_LVL_INFO : LOG_LVL_WARN, "queue.report");
+    /* debug: the delivery agents log each attempt at info (deliver.local, deliver.remote) */
+    log_begin(&l, LOG_LVL_DEBUG, "queue.report");
     log_str(&l, "qid", m->id);
     log_str(&l, "rcpt", r->addr);
     log_str(&l, "result", result);

@@ -520,6 +520,8 @@ struct commit_ctx {
     char qid[QID_MAX];
     size_t size;
     size_t nrcpts;
+    char *from;
+    char *to; /* the first recipient */
 };
 
 static void commit_done(void *arg, int err)
@@ -530,8 +532,10 @@ static void commit_done(void *arg, int err)
     log_begin(&l, err ? LOG_LVL_WARN : LOG_LVL_INFO, err ? "smtp.queue_failed" : "smtp.queued");
     log_str(&l, "sid", cn->sid);
     log_str(&l, "qid", cc->qid);
-    log_uint(&l, "size", cc->size);
+    log_str(&l, "from", cc->from);
+    log_str(&l, "to", cc->to);
     log_uint(&l, "rcpts", cc->nrcpts);
+    log_uint(&l, "size", cc->size);
     log_str(&l, "proto", cn->proto);
     log_end(&l);
     struct reply r;
@@ -542,6 +546,8 @@ static void commit_done(void *arg, int err)
     } else {
         reply_set(&r, 451, "4.3.0", "Error: queue write failed, try again later");
     }
+    free(cc->from);
+    free(cc->to);
     free(cc);
     if (conn_release(cn))
         return;
@@ -572,16 +578,8 @@ static enum host_rc host_data_end(void *ctx, struct envelope *env, struct reply 
     snprintf(cc->qid, sizeof cc->qid, "%s", queue_draft_id(d));
     cc->size = queue_draft_size(d);
     cc->nrcpts = env->nrcpts;
-    {
-        struct logline l;
-        log_begin(&l, LOG_LVL_INFO, "smtp.message");
-        log_str(&l, "sid", cn->sid);
-        log_str(&l, "qid", cc->qid);
-        log_str(&l, "from", env->sender);
-        for (size_t i = 0; i < env->nrcpts && i < 5; i++)
-            log_str(&l, "to", env->rcpts[i].addr);
-        log_end(&l);
-    }
+    cc->from = xstrdup(env->sender);
+    cc->to = xstrdup(env->nrcpts ? env->rcpts[0].addr : "");
     cn->pending++;
     queue_draft_commit(d, envelope_move(env), commit_done, cc);
     return HOST_PENDING;
