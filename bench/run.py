@@ -1550,6 +1550,8 @@ def main(argv):
     args = parse_args(argv)
     preflight(args)
     need = disk_estimate(args)
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
     free = shutil.disk_usage(args.dir or tempfile.gettempdir()).free
     if not args.profile and need > 0.8 * free:
         sys.exit(f"the runs would store {need / 2**30:.1f} GiB; only {free / 2**30:.1f} GiB free")

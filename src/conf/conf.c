@@ -112,6 +112,7 @@ static const struct key_def top_keys[] = {
     {"retry_schedule", K_SCHEDULE, TOP(retry_ms), "1m, 5m, 15m, 30m, 1h, 2h, 4h", NOLIM, false},
     {"min_free_space", K_SIZE, TOP(min_free_space), "64M", 0, UINT64_MAX, false},
     {"delivery_workers", K_UINT, TOP(delivery_workers), "4", 1, 64, false},
+    {"delivery_nice", K_UINT, TOP(delivery_nice), "10", 0, 19, false},
 };
 
 static const struct key_def listen_keys[] = {

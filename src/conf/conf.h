@@ -110,6 +110,7 @@ struct conf {
     size_t nretry;
     uint64_t min_free_space;
     unsigned delivery_workers;
+    unsigned delivery_nice; /* scheduling priority of the delivery threads below the loop */
 
     struct listen_conf *listens;
     size_t nlistens;

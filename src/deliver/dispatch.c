@@ -23,7 +23,6 @@
 #include "lib/workers.h"
 #include "mail/address.h"
 
-#define DELIVERY_NICE 5 /* see dispatch_new() */
 
 struct request {
     struct request *next;
@@ -52,10 +51,11 @@ struct dispatch *dispatch_new(struct conf *c)
     conf_ref(c);
     d->conf = c;
     unsigned threads = c->delivery_workers ? c->delivery_workers : 1;
-    /* Maildir writing runs below the loop's priority: when both want the CPU, accepting
-     * mail (a client waits for every reply) goes first and delivery catches up after;
-     * nice 5 leaves delivery about a quarter of a busy CPU, so it never starves */
-    d->pool = workers_new_nice("deliver", threads, DELIVERY_NICE);
+    /* Maildir writing runs below the loop's priority (delivery_nice, default 10): when
+     * both want the CPU, accepting mail (a client waits for every reply) goes first and
+     * delivery catches up after; at nice 10 delivery still gets about a tenth of a busy
+     * CPU, so it never starves, and nothing changes when the CPU is not saturated */
+    d->pool = workers_new_nice("deliver", threads, (int)c->delivery_nice);
     d->agent = local_agent_new(d->pool, threads);
     d->bouncer = bounce_new(d->pool);
     d->timer = timer_new(run_requests, d);

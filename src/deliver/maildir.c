@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -123,6 +124,7 @@ static void open_mdir(struct mdir *m)
     }
     int flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
     int fd = openat(m->base_fd, m->relpath, flags);
+    bool fresh = false;
     if (fd < 0 && errno == ENOENT) {
         /* first delivery: create the Maildir and its parents */
         if (fs_mkdirs_at(m->base_fd, m->relpath, MAILDIR_DIR_MODE) != 0) {
@@ -131,13 +133,16 @@ static void open_mdir(struct mdir *m)
             return;
         }
         fd = openat(m->base_fd, m->relpath, flags);
+        fresh = true;
     }
     if (fd < 0) {
         m->err = errno;
         m->permanent = path_error_is_permanent(errno);
         return;
     }
-    if (make_subdirs(fd) != 0) {
+    /* an existing Maildir normally has its subfolders; one that lacks them is mended when
+     * a delivery meets ENOENT (see deliver_one), so this costs nothing per batch */
+    if (fresh && make_subdirs(fd) != 0) {
         m->err = errno;
         m->permanent = path_error_is_permanent(errno);
         close(fd);
@@ -160,6 +165,19 @@ static void host_part(const char *host, char *out, size_t cap)
     out[n] = '\0';
 }
 
+static __thread long my_pid, my_tid;
+static pthread_once_t ids_once = PTHREAD_ONCE_INIT;
+
+static void forget_ids(void)
+{
+    my_pid = my_tid = 0; /* runs in the child, in the thread that forked */
+}
+
+static void register_fork_reset(void)
+{
+    pthread_atfork(NULL, NULL, forget_ids);
+}
+
 static void unique_name(const struct maildir_job *j, char *out, size_t cap)
 {
     struct timeval tv;
@@ -167,9 +185,15 @@ static void unique_name(const struct maildir_job *j, char *out, size_t cap)
     char host[72];
     host_part(j->hostname, host, sizeof host);
     unsigned long q = atomic_fetch_add(&delivery_counter, 1);
+    /* both are system calls: asked once per thread (and again in a forked child) */
+    pthread_once(&ids_once, register_fork_reset);
+    if (my_tid == 0) {
+        my_pid = (long)getpid();
+        my_tid = (long)gettid();
+    }
+    long pid = my_pid, tid = my_tid;
     snprintf(out, cap, "%lld.M%06ldP%ldQ%lu_%ld.%s,S=%zu", (long long)tv.tv_sec,
-             (long)tv.tv_usec, (long)getpid(), q, (long)gettid(), host,
-             j->prefix_len + j->body.len);
+             (long)tv.tv_usec, pid, q, tid, host, j->prefix_len + j->body.len);
 }
 
 /* Copy len bytes at off of in_fd to out_fd: in the kernel when it can, else through a

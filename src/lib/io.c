@@ -25,6 +25,7 @@
 
 struct io {
     struct bufferevent *bev;
+    bool reading; /* EV_READ is enabled */
     struct timer *flush_check; /* TLS: waits for the socket layer to drain too */
     const struct io_handlers *h;
     void *arg;
@@ -95,6 +96,8 @@ static void on_bev_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
+        if (what & BEV_EVENT_READING)
+            io->reading = false; /* libevent disabled reading */
         io->h->on_event(io, io->arg, IO_EV_TIMEOUT, (what & BEV_EVENT_READING) ? "read" : "write");
         return;
     }
@@ -155,6 +158,7 @@ struct io *io_new(int fd, const struct io_handlers *h, void *arg)
     set_nodelay(fd);
     struct io *io = io_wrap(fd, h, arg);
     bufferevent_enable(io->bev, EV_READ | EV_WRITE);
+    io->reading = true;
     return io;
 }
 
@@ -180,6 +184,7 @@ struct io *io_connect(const struct sockaddr *to, socklen_t tolen, const struct s
         return NULL;
     }
     bufferevent_enable(io->bev, EV_READ | EV_WRITE);
+    io->reading = true;
     return io;
 }
 
@@ -226,7 +231,28 @@ void io_input_discard(struct io *io)
 
 void io_write(struct io *io, const void *p, size_t n)
 {
-    if (n > 0 && bufferevent_write(io->bev, p, n) != 0)
+    if (n == 0)
+        return;
+    /* Plaintext with nothing queued: hand the bytes to the kernel now. Through the
+     * bufferevent every reply would turn write interest on and off again in epoll (two
+     * system calls); a socket that takes the whole reply, the usual case, needs neither. */
+    if (io->ssl == NULL && !io->connecting &&
+        evbuffer_get_length(bufferevent_get_output(io->bev)) == 0) {
+        ssize_t w = send(io->fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w > 0) {
+            p = (const char *)p + w;
+            n -= (size_t)w;
+        }
+        /* on EAGAIN (or any error) the bufferevent takes the rest and reports errors */
+        if (n == 0) {
+            /* all out at once: still tell the owner, as the bufferevent would have (from
+             * the loop, never from inside this call) */
+            if (io->h->on_flushed != NULL && !timer_pending(io->flush_check))
+                timer_arm(io->flush_check, 0);
+            return;
+        }
+    }
+    if (bufferevent_write(io->bev, p, n) != 0)
         fatal("bufferevent_write failed");
 }
 
@@ -235,8 +261,13 @@ size_t io_output_len(struct io *io)
     return pending_output(io);
 }
 
+/* Both are called after every batch of input: they touch libevent (and epoll) only when
+ * something changes. */
 void io_read_enable(struct io *io, bool on)
 {
+    if (on == io->reading)
+        return;
+    io->reading = on;
     if (on)
         bufferevent_enable(io->bev, EV_READ);
     else
@@ -245,6 +276,8 @@ void io_read_enable(struct io *io, bool on)
 
 void io_set_timeouts(struct io *io, unsigned read_ms, unsigned write_ms)
 {
+    if (io->read_ms == read_ms && io->write_ms == write_ms)
+        return;
     io->read_ms = read_ms;
     io->write_ms = write_ms;
     apply_settings(io);
@@ -276,6 +309,7 @@ int io_start_tls(struct io *io, struct tls_ctx *ctx, bool server, const char *sn
     bufferevent_setcb(filt, on_bev_read, on_bev_write, on_bev_event, io);
     apply_settings(io);
     bufferevent_enable(filt, EV_READ | EV_WRITE);
+    io->reading = true;
     return 0;
 }
 

@@ -32,7 +32,9 @@ struct io;
 
 struct io_handlers {
     void (*on_read)(struct io *io, void *arg);    /* new input is buffered */
-    void (*on_flushed)(struct io *io, void *arg); /* the output buffer became empty; may be NULL */
+    /* everything written so far is in the kernel; may be NULL. Runs from the loop after
+     * io_write() (never inside it), also when the socket took the bytes at once. */
+    void (*on_flushed)(struct io *io, void *arg);
     void (*on_event)(struct io *io, void *arg, enum io_event ev, const char *detail);
 };
 

@@ -114,15 +114,27 @@ static void start_line(struct logline *l, enum log_level level)
     if (!l->active)
         return;
     if (sink == LOG_TO_STDERR) {
+        /* "ts=2026-11-29T12:00:00." is formatted once a second per thread; only the
+         * milliseconds are written per line (this runs for every line, on the hot path) */
+        static __thread time_t cached_sec = -1;
+        static __thread char cached[40];
+        static __thread size_t cached_len;
         struct timespec ts;
-        struct tm tm;
         clock_gettime(CLOCK_REALTIME, &ts);
-        gmtime_r(&ts.tv_sec, &tm);
-        char stamp[64];
-        int n = snprintf(stamp, sizeof stamp, "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ ",
-                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                         tm.tm_sec, ts.tv_nsec / 1000000);
-        put(l, stamp, (size_t)n);
+        if (ts.tv_sec != cached_sec) {
+            struct tm tm;
+            gmtime_r(&ts.tv_sec, &tm);
+            int n = snprintf(cached, sizeof cached, "ts=%04d-%02d-%02dT%02d:%02d:%02d.",
+                             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                             tm.tm_min, tm.tm_sec);
+            cached_len = n > 0 && (size_t)n < sizeof cached ? (size_t)n : 0;
+            cached_sec = ts.tv_sec;
+        }
+        put(l, cached, cached_len);
+        long ms = ts.tv_nsec / 1000000;
+        char tail[6] = {(char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10),
+                        'Z', ' ', 0};
+        put(l, tail, 5);
     }
     put(l, "level=", 6);
     put(l, level_names[level], strlen(level_names[level]));

@@ -102,8 +102,16 @@ struct tls_ctx *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen
     SSL_CTX *ctx = base_ctx(false, err, errlen);
     if (ctx == NULL)
         return NULL;
-    int ok = ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
-                     : SSL_CTX_set_default_verify_paths(ctx);
+    /* The system trust store as a hashed folder, looked up lazily per issuer: loading the
+     * whole bundle file (what SSL_CTX_set_default_verify_paths does) costs a tenth of a
+     * second at every start, for a client that may never verify anything. SSL_CERT_FILE,
+     * when set, still wins, as it does for OpenSSL's defaults. */
+    const char *env_file = getenv(X509_get_default_cert_file_env());
+    const char *env_dir = getenv(X509_get_default_cert_dir_env());
+    int ok = ca_file    ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
+             : env_file ? SSL_CTX_load_verify_locations(ctx, env_file, NULL)
+                        : SSL_CTX_load_verify_locations(
+                              ctx, NULL, env_dir ? env_dir : X509_get_default_cert_dir());
     if (ok != 1) {
         char why[256];
         tls_last_error(why, sizeof why);
