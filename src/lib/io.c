@@ -1,6 +1,10 @@
 /*
- * io: see io.h. Built on libevent bufferevents; TLS is libevent's OpenSSL filter over the
- * socket bufferevent, with SSL objects made by tls.c.
+ * io: see io.h. Built on libevent. Plaintext: a bufferevent holds and writes the output
+ * (replies usually go straight to the socket, see io_write) and owns the input buffer,
+ * but reading is ours: one readv() per readable event into space reserved in that buffer.
+ * (libevent's own reader asks the kernel with ioctl(FIONREAD) before every read: one
+ * system call per read we do not need.) TLS: libevent's OpenSSL filter over the socket
+ * bufferevent does both directions, with SSL objects made by tls.c.
  */
 #include "lib/io.h"
 
@@ -23,9 +27,16 @@
 #include "lib/log.h"
 #include "lib/mem.h"
 
+#define IO_READ_CHUNK (64 * 1024) /* most bytes taken by one read */
+
 struct io {
     struct bufferevent *bev;
-    bool reading; /* EV_READ is enabled */
+    struct event *rev; /* plaintext input (NULL under TLS) */
+    struct evbuffer *in; /* plaintext input buffer (under TLS the filter's is used) */
+    bool rev_added;
+    bool suspended;    /* the input buffer is full: not reading until the owner drains it */
+    bool eof;          /* the peer closed (or the read failed): no more reading */
+    bool reading; /* the owner wants input */
     struct timer *flush_check; /* TLS: waits for the socket layer to drain too */
     const struct io_handlers *h;
     void *arg;
@@ -36,12 +47,94 @@ struct io {
     int fd;
 };
 
+/* Add or remove the plaintext read event as the state asks; re-adding a pending event
+ * restarts its timeout, which is what a new read timeout needs. */
+static void rev_update(struct io *io, bool timeout_changed)
+{
+    if (io->rev == NULL)
+        return;
+    bool want = io->reading && !io->suspended && !io->eof && !io->connecting;
+    if (want && (!io->rev_added || timeout_changed)) {
+        struct timeval rtv = {io->read_ms / 1000, (io->read_ms % 1000) * 1000};
+        event_add(io->rev, io->read_ms ? &rtv : NULL);
+        io->rev_added = true;
+    } else if (!want && io->rev_added) {
+        event_del(io->rev);
+        io->rev_added = false;
+    }
+}
+
 static void apply_settings(struct io *io)
 {
-    bufferevent_setwatermark(io->bev, EV_READ, 0, IO_INPUT_HIGH);
     struct timeval rtv = {io->read_ms / 1000, (io->read_ms % 1000) * 1000};
     struct timeval wtv = {io->write_ms / 1000, (io->write_ms % 1000) * 1000};
+    if (io->rev != NULL) {
+        bufferevent_set_timeouts(io->bev, NULL, io->write_ms ? &wtv : NULL);
+        rev_update(io, true);
+        return;
+    }
+    bufferevent_setwatermark(io->bev, EV_READ, 0, IO_INPUT_HIGH);
     bufferevent_set_timeouts(io->bev, io->read_ms ? &rtv : NULL, io->write_ms ? &wtv : NULL);
+}
+
+/* Plaintext input: readable (or the read timeout). The owner's callback may free io. */
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct io *io = arg;
+    if (what & EV_TIMEOUT) {
+        io->reading = false; /* as a bufferevent does after a read timeout */
+        rev_update(io, false);
+        io->h->on_event(io, io->arg, IO_EV_TIMEOUT, "read");
+        return;
+    }
+    struct evbuffer *in = io->in;
+    size_t have = evbuffer_get_length(in);
+    size_t want = IO_INPUT_HIGH - have;
+    if (want > IO_READ_CHUNK)
+        want = IO_READ_CHUNK;
+    struct evbuffer_iovec v[2];
+    int nv = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+    if (nv <= 0)
+        fatal("evbuffer_reserve_space failed");
+    struct iovec iov[2];
+    for (int i = 0; i < nv; i++) {
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len;
+    }
+    ssize_t r = readv((int)fd, iov, nv);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        evbuffer_commit_space(in, v, 0);
+        return;
+    }
+    if (r <= 0) {
+        int err = r < 0 ? errno : 0;
+        evbuffer_commit_space(in, v, 0);
+        io->eof = true;
+        rev_update(io, false);
+        if (err == 0) {
+            io->h->on_event(io, io->arg, IO_EV_EOF, "");
+        } else {
+            char detail[128];
+            snprintf(detail, sizeof detail, "%s", strerror(err));
+            io->h->on_event(io, io->arg, IO_EV_ERROR, detail);
+        }
+        return;
+    }
+    /* commit exactly what arrived */
+    size_t got = (size_t)r;
+    int used = 0;
+    for (int i = 0; i < nv && got > 0; i++) {
+        if (v[i].iov_len > got)
+            v[i].iov_len = got;
+        got -= v[i].iov_len;
+        used = i + 1;
+    }
+    evbuffer_commit_space(in, v, used);
+    if (evbuffer_get_length(in) >= IO_INPUT_HIGH) {
+        io->suspended = true;
+        rev_update(io, false);
+    }
+    io->h->on_read(io, io->arg);
 }
 
 static void on_bev_read(struct bufferevent *bev, void *arg)
@@ -91,13 +184,14 @@ static void on_bev_event(struct bufferevent *bev, short what, void *arg)
             io->h->on_event(io, io->arg, IO_EV_TLS_DONE, "");
         } else {
             io->connecting = false;
+            rev_update(io, false);
             io->h->on_event(io, io->arg, IO_EV_CONNECTED, "");
         }
         return;
     }
     if (what & BEV_EVENT_TIMEOUT) {
         if (what & BEV_EVENT_READING)
-            io->reading = false; /* libevent disabled reading */
+            io->reading = false; /* libevent disabled reading (TLS) */
         io->h->on_event(io, io->arg, IO_EV_TIMEOUT, (what & BEV_EVENT_READING) ? "read" : "write");
         return;
     }
@@ -149,6 +243,10 @@ static struct io *io_wrap(int fd, const struct io_handlers *h, void *arg)
     if (io->bev == NULL)
         fatal("bufferevent_socket_new failed");
     bufferevent_setcb(io->bev, on_bev_read, on_bev_write, on_bev_event, io);
+    io->rev = event_new(loop_base(), fd, EV_READ | EV_PERSIST, on_readable, io);
+    io->in = evbuffer_new();
+    if (io->rev == NULL || io->in == NULL)
+        fatal("event_new failed");
     apply_settings(io);
     return io;
 }
@@ -157,8 +255,9 @@ struct io *io_new(int fd, const struct io_handlers *h, void *arg)
 {
     set_nodelay(fd);
     struct io *io = io_wrap(fd, h, arg);
-    bufferevent_enable(io->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(io->bev, EV_WRITE); /* reading is ours (on_readable) */
     io->reading = true;
+    rev_update(io, false);
     return io;
 }
 
@@ -183,8 +282,8 @@ struct io *io_connect(const struct sockaddr *to, socklen_t tolen, const struct s
         errno = e ? e : ECONNREFUSED;
         return NULL;
     }
-    bufferevent_enable(io->bev, EV_READ | EV_WRITE);
-    io->reading = true;
+    bufferevent_enable(io->bev, EV_WRITE);
+    io->reading = true; /* starts once connected */
     return io;
 }
 
@@ -192,15 +291,24 @@ void io_free(struct io *io)
 {
     if (io == NULL)
         return;
+    if (io->rev)
+        event_free(io->rev);
+    if (io->in)
+        evbuffer_free(io->in);
     if (io->bev)
         bufferevent_free(io->bev); /* closes the socket (and frees SSL for a filter) */
     timer_free(io->flush_check);
     free(io);
 }
 
+static struct evbuffer *input_of(struct io *io)
+{
+    return io->in != NULL ? io->in : bufferevent_get_input(io->bev);
+}
+
 size_t io_input_len(struct io *io)
 {
-    return evbuffer_get_length(bufferevent_get_input(io->bev));
+    return evbuffer_get_length(input_of(io));
 }
 
 int io_input_peek(struct io *io, struct iovec *vec, int nvec)
@@ -208,7 +316,7 @@ int io_input_peek(struct io *io, struct iovec *vec, int nvec)
     struct evbuffer_iovec ev[16];
     if (nvec > 16)
         nvec = 16;
-    int n = evbuffer_peek(bufferevent_get_input(io->bev), -1, NULL, ev, nvec);
+    int n = evbuffer_peek(input_of(io), -1, NULL, ev, nvec);
     if (n > nvec)
         n = nvec;
     for (int i = 0; i < n; i++) {
@@ -218,15 +326,25 @@ int io_input_peek(struct io *io, struct iovec *vec, int nvec)
     return n;
 }
 
+static void maybe_resume(struct io *io)
+{
+    if (io->suspended && evbuffer_get_length(input_of(io)) < IO_INPUT_HIGH) {
+        io->suspended = false;
+        rev_update(io, false);
+    }
+}
+
 void io_input_drain(struct io *io, size_t n)
 {
-    evbuffer_drain(bufferevent_get_input(io->bev), n);
+    evbuffer_drain(input_of(io), n);
+    maybe_resume(io);
 }
 
 void io_input_discard(struct io *io)
 {
-    struct evbuffer *in = bufferevent_get_input(io->bev);
+    struct evbuffer *in = input_of(io);
     evbuffer_drain(in, evbuffer_get_length(in));
+    maybe_resume(io);
 }
 
 void io_write(struct io *io, const void *p, size_t n)
@@ -268,7 +386,9 @@ void io_read_enable(struct io *io, bool on)
     if (on == io->reading)
         return;
     io->reading = on;
-    if (on)
+    if (io->rev != NULL)
+        rev_update(io, false);
+    else if (on)
         bufferevent_enable(io->bev, EV_READ);
     else
         bufferevent_disable(io->bev, EV_READ);
@@ -300,6 +420,16 @@ int io_start_tls(struct io *io, struct tls_ctx *ctx, bool server, const char *sn
     if (filt == NULL) {
         bufferevent_setcb(under, on_bev_read, on_bev_write, on_bev_event, io);
         return -1;
+    }
+    /* from here the TLS filter reads the socket: our plaintext reader stops for good
+     * (its buffer is empty: a server discarded it above; a client has consumed the 220) */
+    if (io->rev != NULL) {
+        event_free(io->rev);
+        io->rev = NULL;
+        io->rev_added = false;
+        evbuffer_free(io->in);
+        io->in = NULL;
+        io->suspended = false;
     }
     /* Many SMTP peers close without a TLS close_notify: treat that as an ordinary EOF. */
     bufferevent_openssl_set_allow_dirty_shutdown(filt, 1);
