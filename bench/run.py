@@ -104,11 +104,11 @@ def descendants(root, table=None):
     children = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    out, todo = [], [root]
-    while todo and len(out) < 100000:  # bounded even if /proc were inconsistent
-        pid = todo.pop()
+    out, stack = [], [root]
+    while stack and len(out) < 100000:  # bounded even if /proc were inconsistent
+        pid = stack.pop()
         out.append(pid)
-        todo.extend(children.get(pid, ()))
+        stack.extend(children.get(pid, ()))
     return out
 
 

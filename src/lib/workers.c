@@ -25,7 +25,7 @@ struct job {
 struct workers {
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    struct job *todo_head, **todo_tail;
+    struct job *wait_head, **wait_tail;
     struct job *done_head, **done_tail;
     struct notifier *notify;
     pthread_t *threads;
@@ -43,14 +43,14 @@ static void *worker_main(void *arg)
         log_printf(LOG_LVL_DEBUG, "event=workers.nice_failed nice=%d", w->nice);
     pthread_mutex_lock(&w->lock);
     for (;;) {
-        while (w->todo_head == NULL && !w->stopping)
+        while (w->wait_head == NULL && !w->stopping)
             pthread_cond_wait(&w->cond, &w->lock);
-        struct job *j = w->todo_head;
+        struct job *j = w->wait_head;
         if (j == NULL)
             break; /* stopping and nothing left */
-        w->todo_head = j->next;
-        if (w->todo_head == NULL)
-            w->todo_tail = &w->todo_head;
+        w->wait_head = j->next;
+        if (w->wait_head == NULL)
+            w->wait_tail = &w->wait_head;
         pthread_mutex_unlock(&w->lock);
 
         j->work(j->arg);
@@ -96,7 +96,7 @@ struct workers *workers_new_nice(const char *name, unsigned nthreads, int nice)
     w->nice = nice;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
-    w->todo_tail = &w->todo_head;
+    w->wait_tail = &w->wait_head;
     w->done_tail = &w->done_head;
     w->notify = notifier_new(run_done, w);
     w->nthreads = nthreads ? nthreads : 1;
@@ -121,8 +121,8 @@ void workers_submit(struct workers *w, void (*work)(void *arg), void (*done)(voi
     j->arg = arg;
     w->pending++;
     pthread_mutex_lock(&w->lock);
-    *w->todo_tail = j;
-    w->todo_tail = &j->next;
+    *w->wait_tail = j;
+    w->wait_tail = &j->next;
     pthread_cond_signal(&w->cond);
     pthread_mutex_unlock(&w->lock);
 }

@@ -50,7 +50,7 @@ static struct {
     bool running;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    struct spool_job *todo, **todo_tail;
+    struct spool_job *waiting, **waiting_tail;
     struct spool_job *done, **done_tail;
     bool stopping;
     struct notifier *notify;
@@ -335,9 +335,9 @@ int spool_init(int qdirfd, uint32_t seq, uint64_t seg_max)
     S.qdirfd = qdirfd;
     S.seq = seq - 1;
     S.fd = -1;
-    S.todo = S.done = NULL;
+    S.waiting = S.done = NULL;
     S.retire_block = 0;
-    S.todo_tail = &S.todo;
+    S.waiting_tail = &S.waiting;
     S.done_tail = &S.done;
     S.stopping = false;
     atomic_store(&S.seg_max, seg_max ? seg_max : SPOOL_SEG_MAX_DEFAULT);
@@ -601,14 +601,14 @@ static void *commit_main(void *arg)
 {
     pthread_mutex_lock(&S.lock);
     for (;;) {
-        while (S.todo == NULL && !S.stopping)
+        while (S.waiting == NULL && !S.stopping)
             pthread_cond_wait(&S.cond, &S.lock);
-        struct spool_job *list = S.todo;
+        struct spool_job *list = S.waiting;
         if (list == NULL)
             break; /* stopping, and nothing left */
-        struct spool_job **tail = S.todo_tail;
-        S.todo = NULL;
-        S.todo_tail = &S.todo;
+        struct spool_job **tail = S.waiting_tail;
+        S.waiting = NULL;
+        S.waiting_tail = &S.waiting;
         pthread_mutex_unlock(&S.lock);
 
         run_batch(list);
@@ -656,8 +656,8 @@ void spool_submit(struct spool_job *list)
     while (last->next)
         last = last->next;
     pthread_mutex_lock(&S.lock);
-    *S.todo_tail = list;
-    S.todo_tail = &last->next;
+    *S.waiting_tail = list;
+    S.waiting_tail = &last->next;
     pthread_cond_signal(&S.cond);
     pthread_mutex_unlock(&S.lock);
 }

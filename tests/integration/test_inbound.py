@@ -364,3 +364,14 @@ def test_shutdown_421_for_idle_and_finishes_transaction(ternd):
     busy.close()
     ternd.start()
     assert len(ternd.wait_messages("alice")) == 1
+
+
+def test_low_disk_space_refused_before_data(make_ternd):
+    # no file system here has a petabyte free: the spool counts as full
+    t = make_ternd(extra="min_free_space = 1000000G")
+    with RawClient(t.smtp_port) as c:
+        ehlo(c)
+        code, text = c.cmd("MAIL FROM:<bob@example.test>")
+        assert code == 452 and "4.3.1" in text
+        assert c.cmd("NOOP")[0] == 250  # the session and the daemon go on
+    assert t.running()
