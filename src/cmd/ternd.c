@@ -189,13 +189,28 @@ static void drop_privileges(void)
         die("privileges were not dropped (setuid(0) succeeded)");
 }
 
-static void raise_fd_limit(void)
+/* Every session and outbound connection is a descriptor, plus files and spool segments:
+ * ask for enough (as root even above the hard limit), and say so if the system gives less. */
+static void raise_fd_limit(const struct conf *c)
 {
+    rlim_t need = (rlim_t)c->max_sessions + c->max_outbound + 1024;
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (d.root && rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+        struct rlimit more = {need, need};
+        if (setrlimit(RLIMIT_NOFILE, &more) == 0)
+            rl = more;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+        log_printf(LOG_LVL_WARN,
+                   "event=start.fd_limit limit=%llu wanted=%llu note=\"max_sessions may not be "
+                   "reachable: raise the limit (ulimit -n) or lower max_sessions\"",
+                   (unsigned long long)rl.rlim_cur, (unsigned long long)need);
 }
 
 /* ---- signals ---- */
@@ -340,7 +355,7 @@ int main(int argc, char **argv)
         write_pidfile(d.conf->pidfile);
     if (chdir(d.conf->spool) != 0)
         die("cannot enter the spool %s: %s", d.conf->spool, strerror(errno));
-    raise_fd_limit();
+    raise_fd_limit(d.conf);
     drop_privileges();
 
     loop_init();

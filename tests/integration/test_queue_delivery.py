@@ -231,3 +231,26 @@ def test_crash_kill9_loses_nothing_acknowledged(make_ternd):
     print(f"crash test: acknowledged={len(acked)} delivered={len(got)} lost={len(lost)} "
           f"duplicates={duplicates} unacknowledged_but_delivered={len(got - acked)}")
     assert not lost, f"lost {len(lost)} acknowledged messages: {sorted(lost)[:10]}"
+
+
+def test_sigterm_under_load_exits_cleanly_and_keeps_everything(make_ternd):
+    t = make_ternd(extra="shutdown_timeout = 20s")
+    accepted, lock = set(), threading.Lock()
+    senders = [Sender(t.smtp_port, 100, f"t{k}", accepted, lock) for k in range(20)]
+    for s in senders:
+        s.start()
+    deadline = time.time() + 60
+    while len(accepted) < 500 and time.time() < deadline:
+        time.sleep(0.02)
+    t.proc.send_signal(signal.SIGTERM)
+    assert t.proc.wait(60) == 0
+    for s in senders:
+        s.join(30)
+    acked = set(accepted)
+    t.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not acked <= set(crash_ids(t)):
+        time.sleep(0.2)
+    ids = crash_ids(t)
+    assert acked <= set(ids), f"lost {len(acked - set(ids))} acknowledged messages"
+    assert len(ids) == len(set(ids)), "a clean stop must not deliver anything twice"
