@@ -33,6 +33,7 @@
 #include "control/ctlproto.h"
 #include "lib/fsutil.h"
 #include "lib/mem.h"
+#include "lib/utf8.h"
 #include "smtpd/auth.h"
 
 #define EXIT_FAILED 1
@@ -179,35 +180,6 @@ static int cmd_passwd(void)
 
 /* ---- showing values ---- */
 
-/* Length of a valid UTF-8 sequence at s (code point in *cp), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp)
-{
-    size_t len;
-    uint32_t c, min;
-    if (s[0] < 0x80) {
-        *cp = s[0];
-        return 1;
-    } else if ((s[0] & 0xe0) == 0xc0) {
-        len = 2, c = s[0] & 0x1f, min = 0x80;
-    } else if ((s[0] & 0xf0) == 0xe0) {
-        len = 3, c = s[0] & 0x0f, min = 0x800;
-    } else if ((s[0] & 0xf8) == 0xf0) {
-        len = 4, c = s[0] & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        c = (c << 6) | (s[i] & 0x3f);
-    }
-    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-        return 0;
-    *cp = c;
-    return len;
-}
 
 /* Print text for a terminal: printable ASCII and UTF-8 above the C1 controls as they are,
  * everything else as \xHH. */
@@ -216,7 +188,7 @@ static void put_text(const char *v, size_t n)
     const unsigned char *s = (const unsigned char *)v;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
-        size_t len = utf8_seq(s + i, n - i, &cp);
+        size_t len = utf8_next(s + i, n - i, &cp);
         if (len == 1 && cp >= 0x20 && cp < 0x7f) {
             putchar((int)cp);
         } else if (len > 1 && cp >= 0xa0) {
@@ -235,7 +207,7 @@ static void put_json_string(const char *v, size_t n)
     putchar('"');
     for (size_t i = 0; i < n;) {
         uint32_t cp;
-        size_t len = utf8_seq(s + i, n - i, &cp);
+        size_t len = utf8_next(s + i, n - i, &cp);
         if (len == 0) {
             fputs("\\ufffd", stdout); /* not UTF-8: the JSON must stay valid */
             i++;

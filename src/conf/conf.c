@@ -191,27 +191,6 @@ struct parser {
     size_t linecap;
 };
 
-static bool valid_hostname(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 253)
-        return false;
-    size_t label = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '.') {
-            if (label == 0)
-                return false;
-            label = 0;
-            continue;
-        }
-        if (!(isalnum(ch) || ch == '-') || ++label > 63)
-            return false;
-        if (ch == '-' && (label == 1 || i + 1 == n || s[i + 1] == '.'))
-            return false;
-    }
-    return label > 0;
-}
 
 static char *resolve_path(const struct conf *c, const char *v)
 {
@@ -225,7 +204,7 @@ static bool valid_address(const char *v, bool allow_local_only)
     const char *at = strrchr(v, '@');
     if (at == NULL)
         return allow_local_only && v[0] != '\0' && strpbrk(v, " \t\"<>,") == NULL;
-    return at != v && valid_hostname(at + 1) && strpbrk(v, " \t\"<>,") == NULL;
+    return at != v && str_is_hostname(at + 1) && strpbrk(v, " \t\"<>,") == NULL;
 }
 
 static bool parse_schedule(const char *v, uint64_t **out, size_t *n, char *why, size_t whylen)
@@ -278,7 +257,7 @@ static bool set_value(struct conf *c, const struct key_def *k, void *base, const
         *(char **)field = xstrdup(v);
         return true;
     case K_HOSTNAME:
-        if (!valid_hostname(v)) {
+        if (!str_is_hostname(v)) {
             snprintf(why, whylen, "\"%s\" is not a valid host name", v);
             return false;
         }
@@ -521,7 +500,7 @@ static bool begin_section(struct parser *p, const char *section)
         p->nkeys = ARRAY_LEN(listen_keys);
         p->base = l;
     } else if (str_ieqn(section, kind_len, "domain")) {
-        if (*arg == '\0' || !valid_hostname(arg)) {
+        if (*arg == '\0' || !str_is_hostname(arg)) {
             parse_error(p, "[domain %s]: a domain name is needed", arg);
             return false;
         }
@@ -541,7 +520,7 @@ static bool begin_section(struct parser *p, const char *section)
         p->nkeys = ARRAY_LEN(domain_keys);
         p->base = d;
     } else if (str_ieqn(section, kind_len, "transport")) {
-        if (*arg == '\0' || !valid_hostname(arg)) {
+        if (*arg == '\0' || !str_is_hostname(arg)) {
             parse_error(p, "[transport %s]: a domain name is needed", arg);
             return false;
         }
@@ -697,7 +676,7 @@ static bool finish(struct conf *c, unsigned flags, char *err, size_t errlen)
 {
     if (c->hostname == NULL) {
         char host[256];
-        if (gethostname(host, sizeof host) != 0 || !valid_hostname(host)) {
+        if (gethostname(host, sizeof host) != 0 || !str_is_hostname(host)) {
             snprintf(err, errlen, "%s: set \"hostname\": the system host name is not usable",
                      c->path);
             return false;

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "lib/mem.h"
+#include "lib/strutil.h"
 
 #include <unistd.h>
 
@@ -218,16 +219,6 @@ void ctl_rec_end(struct buf *b)
 
 /* ---- reading ---- */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 enum ctl_line ctl_parse_line(char *line, size_t n, struct ctl_record *r, const char **text)
 {
@@ -295,9 +286,9 @@ enum ctl_line ctl_parse_line(char *line, size_t n, struct ctl_record *r, const c
                 if (e == '"' || e == '\\') {
                     out[o++] = e;
                     i += 2;
-                } else if (e == 'x' && i + 3 < n && hexval(line[i + 2]) >= 0 &&
-                           hexval(line[i + 3]) >= 0) {
-                    out[o++] = (char)(hexval(line[i + 2]) * 16 + hexval(line[i + 3]));
+                } else if (e == 'x' && i + 3 < n && hex_value(line[i + 2]) >= 0 &&
+                           hex_value(line[i + 3]) >= 0) {
+                    out[o++] = (char)(hex_value(line[i + 2]) * 16 + hex_value(line[i + 3]));
                     i += 4;
                 } else {
                     return CTL_LINE_MALFORMED;

@@ -38,6 +38,39 @@ char *str_trim(char *s)
     return s;
 }
 
+int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+bool str_is_hostname(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 253)
+        return false;
+    size_t label = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '.') {
+            if (label == 0)
+                return false;
+            label = 0;
+            continue;
+        }
+        if (!(isalnum(ch) || ch == '-') || ++label > 63)
+            return false;
+        if (ch == '-' && (label == 1 || i + 1 == n || s[i + 1] == '.'))
+            return false;
+    }
+    return label > 0;
+}
+
 bool parse_uint(const char *s, uint64_t *out)
 {
     if (!isdigit((unsigned char)s[0]))

@@ -16,6 +16,12 @@ void str_lower(char *s);
 /* Trim ASCII white space in place; returns s advanced past leading space. */
 char *str_trim(char *s);
 
+/* The value of a hexadecimal digit (either case), or -1. */
+int hex_value(char c);
+/* A host name: dot-separated labels of letters, digits and inner hyphens, 1..63 octets
+ * each, 253 in all (RFC 1035 §2.3.1, RFC 1123 §2.1). */
+bool str_is_hostname(const char *s);
+
 /* "1024", "512k", "10M", "1G" (binary multiples). */
 bool parse_size(const char *s, uint64_t *out);
 /* "300" (seconds), "250ms", "30s", "5m", "4h", "5d". Result in milliseconds. */

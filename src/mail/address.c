@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "lib/mem.h"
+#include "lib/utf8.h"
 
 const char addr_err_needs_utf8[] = "non-ASCII address needs SMTPUTF8";
 static const char err_bad_utf8[] = "invalid UTF-8";
@@ -70,37 +71,6 @@ static bool is_atext(unsigned char c)
     }
 }
 
-/* Length of the well-formed UTF-8 sequence at p (RFC 3629 §4 UTF8-2/3/4), or 0. The
- * second-octet ranges are what exclude overlongs (C0, C1, E0 80-9F, F0 80-8F), surrogates
- * (ED A0-BF) and code points above U+10FFFF (F4 90-BF, F5-FF). */
-static size_t utf8_seq(const unsigned char *p, size_t avail)
-{
-    unsigned char c = p[0], lo = 0x80, hi = 0xBF;
-    size_t len;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (avail < len || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if (p[i] < 0x80 || p[i] > 0xBF)
-            return 0;
-    return len;
-}
 
 static bool ieq_ascii(const unsigned char *a, const char *b, size_t n)
 {
@@ -143,7 +113,7 @@ static const char *scan_local(struct scan *sc, bool *quoted)
             } else if (c >= 32 && c <= 126) {
                 i++; /* qtextSMTP: everything printable but '"' and '\' (handled above) */
             } else if (c >= 0x80) {
-                size_t k = utf8_seq(s + i, sc->n - i);
+                size_t k = utf8_next(s + i, sc->n - i, NULL);
                 if (k == 0)
                     return err_bad_utf8;
                 sc->nonascii = true;
@@ -173,7 +143,7 @@ static const char *scan_local(struct scan *sc, bool *quoted)
             want_atom = false;
             i++;
         } else if (c >= 0x80) {
-            size_t k = utf8_seq(s + i, sc->n - i);
+            size_t k = utf8_next(s + i, sc->n - i, NULL);
             if (k == 0)
                 return err_bad_utf8;
             sc->nonascii = true;
@@ -211,7 +181,7 @@ static const char *scan_domain(struct scan *sc)
             if (is_letdig(c) || c == '-') {
                 i++;
             } else if (c >= 0x80) {
-                size_t k = utf8_seq(s + i, sc->n - i);
+                size_t k = utf8_next(s + i, sc->n - i, NULL);
                 if (k == 0)
                     return err_bad_utf8;
                 sc->nonascii = true;

@@ -46,6 +46,8 @@
 #include <strings.h>
 
 #include "lib/mem.h"
+#include "lib/strutil.h"
+#include "lib/utf8.h"
 
 #define LINE_SOFT 78  /* RFC 5322 §2.1.1 SHOULD */
 #define LINE_HARD 998 /* RFC 5322 §2.1.1 MUST */
@@ -97,38 +99,6 @@ static bool str_8bit(const char *s)
     return s != NULL && has_8bit(s, strlen(s));
 }
 
-/* Length of a valid UTF-8 sequence at s (n bytes left), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    size_t len;
-    uint32_t cp;
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        len = 2;
-        cp = s[0] & 0x1f;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        len = 3;
-        cp = s[0] & 0x0f;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        len = 4;
-        cp = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if (len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff)))
-        return 0; /* overlong, or a surrogate */
-    if (len == 4 && (cp < 0x10000 || cp > 0x10ffff))
-        return 0;
-    return len;
-}
 
 /* A value for one field line: control characters (CR, LF, TAB, ...) become spaces, runs
  * of spaces collapse, ends are trimmed; non-ASCII is kept only where allowed (as valid
@@ -154,7 +124,7 @@ static char *clean_value(const char *s, bool utf8)
             out[o++] = (char)c;
             i++;
         } else {
-            size_t len = utf8 ? utf8_seq((const unsigned char *)s + i, n - i) : 0;
+            size_t len = utf8 ? utf8_next((const unsigned char *)s + i, n - i, NULL) : 0;
             if (len == 0) {
                 out[o++] = '?';
                 i++;
@@ -250,40 +220,7 @@ static void format_date(time_t t, char *out, size_t cap)
              months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
 
-static size_t utf8_put(uint32_t cp, char *out)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
 
 /*
  * Decode xtext "+HH" (RFC 3461 §4) and, when unicode is set, the "\x{HEX}" of
@@ -296,16 +233,16 @@ static char *xtext_decode_value(const char *s, bool unicode)
     size_t o = 0;
     for (size_t i = 0; i < n;) {
         if (s[i] == '+') {
-            if (i + 2 >= n || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0)
+            if (i + 2 >= n || hex_value(s[i + 1]) < 0 || hex_value(s[i + 2]) < 0)
                 goto bad;
-            int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
+            int hi = hex_value(s[i + 1]), lo = hex_value(s[i + 2]);
             out[o++] = (char)(hi * 16 + lo);
             i += 3;
         } else if (unicode && s[i] == '\\' && s[i + 1] == 'x' && s[i + 2] == '{') {
             uint32_t cp = 0;
             size_t j = i + 3, digits = 0;
             for (; j < n && s[j] != '}'; j++, digits++) {
-                int v = hexval(s[j]);
+                int v = hex_value(s[j]);
                 if (v < 0 || digits >= 6)
                     goto bad;
                 cp = cp * 16 + (uint32_t)v;
@@ -338,7 +275,7 @@ static bool field_safe(const char *s, bool utf8)
             i++;
             continue;
         }
-        size_t len = utf8 ? utf8_seq((const unsigned char *)s + i, n - i) : 0;
+        size_t len = utf8 ? utf8_next((const unsigned char *)s + i, n - i, NULL) : 0;
         if (len == 0)
             return false;
         i += len;
@@ -354,7 +291,7 @@ static char *unicode_escape(const char *s)
     size_t o = 0;
     for (size_t i = 0; i < n;) {
         const unsigned char *u = (const unsigned char *)s + i;
-        size_t len = u[0] < 0x80 ? 1 : utf8_seq(u, n - i);
+        size_t len = u[0] < 0x80 ? 1 : utf8_next(u, n - i, NULL);
         if (u[0] < 0x80) {
             out[o++] = (char)u[0];
             i++;

@@ -17,6 +17,8 @@
 
 #include <string.h>
 
+#include "lib/strutil.h"
+
 struct param {
     const char *kw;
     size_t kwlen;
@@ -55,16 +57,6 @@ static bool is_alnum(unsigned char c)
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
 }
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10; /* RFC 3461 wants upper case; lower case is accepted on input */
-    return -1;
-}
 
 /* Case-insensitive comparison of s[0..n) with an upper-case ASCII literal. */
 static bool ieq(const char *s, size_t n, const char *lit)
@@ -122,7 +114,7 @@ static bool split(const char *s, size_t n, struct param *p, size_t *np, struct e
 }
 
 /* SIZE=1*20DIGIT (RFC 1870 §4); a value beyond 2^64-1 saturates (it exceeds any limit). */
-static bool parse_size(const struct param *p, const struct esmtp_offer *offer, uint64_t *out,
+static bool parse_size_param(const struct param *p, const struct esmtp_offer *offer, uint64_t *out,
                        struct esmtp_error *err)
 {
     if (p->val == NULL || p->vlen > 20)
@@ -211,7 +203,7 @@ bool esmtp_parse_mail(const char *s, size_t n, const struct esmtp_offer *offer,
 
         switch (k) {
         case MK_SIZE:
-            if (!parse_size(q, offer, &out->size, err))
+            if (!parse_size_param(q, offer, &out->size, err))
                 return false;
             break;
         case MK_BODY:
@@ -344,8 +336,8 @@ bool xtext_valid(const char *s, size_t n)
     for (size_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
         if (c == '+') {
-            if (n - i < 3 || hexval((unsigned char)s[i + 1]) < 0 ||
-                hexval((unsigned char)s[i + 2]) < 0)
+            if (n - i < 3 || hex_value((char)s[i + 1]) < 0 ||
+                hex_value((char)s[i + 2]) < 0)
                 return false;
             i += 3;
         } else if (is_xchar(c)) {
@@ -364,8 +356,8 @@ size_t xtext_decode(const char *s, size_t n, char *out, size_t cap)
         unsigned char c = (unsigned char)s[i];
         char v;
         if (c == '+') {
-            int hi = n - i >= 3 ? hexval((unsigned char)s[i + 1]) : -1;
-            int lo = n - i >= 3 ? hexval((unsigned char)s[i + 2]) : -1;
+            int hi = n - i >= 3 ? hex_value((char)s[i + 1]) : -1;
+            int lo = n - i >= 3 ? hex_value((char)s[i + 2]) : -1;
             if (hi < 0 || lo < 0)
                 return (size_t)-1;
             v = (char)(hi * 16 + lo);

@@ -14,6 +14,7 @@
 
 #include "lib/crc32c.h"
 #include "lib/mem.h"
+#include "lib/strutil.h"
 #include "queue/qid.h"
 
 static const uint8_t magic[4] = {'T', 'Q', 'R', 'C'};
@@ -354,16 +355,6 @@ static bool parse_i64(const char *w, size_t n, int64_t *out)
     return true;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
 
 /* A token into a fresh string (*out NULL for "-"). Refuses raw bytes outside 0x21..0x7e,
  * bad escapes and NUL bytes. */
@@ -380,8 +371,8 @@ static bool parse_tok(const char *w, size_t n, char **out)
     for (size_t i = 1; i < n; i++) {
         unsigned char c = (unsigned char)w[i];
         if (c == '%') {
-            int hi = i + 2 < n ? hexval(w[i + 1]) : -1;
-            int lo = i + 2 < n ? hexval(w[i + 2]) : -1;
+            int hi = i + 2 < n ? hex_value(w[i + 1]) : -1;
+            int lo = i + 2 < n ? hex_value(w[i + 2]) : -1;
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
                 goto bad;
             s[o++] = (char)(hi << 4 | lo);

@@ -24,6 +24,7 @@
 #include "lib/loop.h"
 #include "lib/netaddr.h"
 #include "lib/strutil.h"
+#include "lib/utf8.h"
 #include "lib/workers.h"
 #include "smtpd/iptable.h"
 
@@ -165,6 +166,57 @@ static void test_value_syntax(void **state)
     assert_false(parse_bool("maybe", &b));
 }
 
+static void test_utf8(void **state)
+{
+    uint32_t cp;
+    assert_int_equal(utf8_next((const unsigned char *)"A", 1, &cp), 1);
+    assert_int_equal(cp, 'A');
+    assert_int_equal(utf8_next((const unsigned char *)"\xc3\xa9", 2, &cp), 2);
+    assert_int_equal(cp, 0xe9);
+    assert_int_equal(utf8_next((const unsigned char *)"\xe2\x82\xac", 3, &cp), 3);
+    assert_int_equal(cp, 0x20ac);
+    assert_int_equal(utf8_next((const unsigned char *)"\xf0\x9f\x98\x80", 4, &cp), 4);
+    assert_int_equal(cp, 0x1f600);
+    /* malformed: overlongs, surrogates, above U+10FFFF, truncated, stray continuation */
+    static const char *const bad[] = {"\xc0\xaf", "\xc1\xbf", "\xe0\x80\xaf", "\xed\xa0\x80",
+                                      "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\x80",
+                                      "\xe2\x82"};
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++)
+        assert_int_equal(utf8_next((const unsigned char *)bad[i], strlen(bad[i]), NULL), 0);
+    assert_int_equal(utf8_next((const unsigned char *)"\xe2\x82\xac", 2, NULL), 0);
+    /* every encoding decodes back */
+    char out[4];
+    for (uint32_t c = 0; c <= 0x10ffff; c += (c < 0x1000 ? 1 : 97)) {
+        if (c >= 0xd800 && c <= 0xdfff)
+            continue;
+        size_t n = utf8_put(c, out);
+        assert_int_equal(utf8_next((const unsigned char *)out, n, &cp), n);
+        assert_int_equal(cp, c);
+    }
+}
+
+static void test_hex_and_hostnames(void **state)
+{
+    assert_int_equal(hex_value('0'), 0);
+    assert_int_equal(hex_value('a'), 10);
+    assert_int_equal(hex_value('F'), 15);
+    assert_int_equal(hex_value('g'), -1);
+    assert_true(str_is_hostname("mx.example.test"));
+    assert_true(str_is_hostname("a-b.c1"));
+    assert_false(str_is_hostname(""));
+    assert_false(str_is_hostname("-a.test"));
+    assert_false(str_is_hostname("a-.test"));
+    assert_false(str_is_hostname("a..test"));
+    assert_false(str_is_hostname("a.test."));
+    assert_false(str_is_hostname("under_score.test"));
+    char label[80];
+    memset(label, 'x', 64);
+    label[64] = '\0';
+    assert_false(str_is_hostname(label));
+    label[63] = '\0';
+    assert_true(str_is_hostname(label));
+}
+
 static void test_crc32c(void **state)
 {
     /* the standard check value of CRC-32C */
@@ -275,6 +327,7 @@ int main(void)
         cmocka_unit_test(test_buf_is_bounded), cmocka_unit_test(test_log_escape),
         cmocka_unit_test(test_cidr),           cmocka_unit_test(test_hostport),
         cmocka_unit_test(test_value_syntax),   cmocka_unit_test(test_crc32c),
+        cmocka_unit_test(test_utf8),           cmocka_unit_test(test_hex_and_hostnames),
         cmocka_unit_test(test_files),          cmocka_unit_test(test_workers),
         cmocka_unit_test(test_iptable),
     };
