@@ -27,8 +27,9 @@ struct aliases *aliases_empty(void)
     return xcalloc(1, sizeof(struct aliases));
 }
 
-static void free_targets(struct target_list *t)
+static void free_targets(void *value)
 {
+    struct target_list *t = value;
     for (size_t i = 0; i < t->n; i++)
         free(t->v[i]);
     free(t->v);
@@ -39,11 +40,7 @@ void aliases_free(struct aliases *a)
 {
     if (a == NULL)
         return;
-    for (size_t i = 0; i < a->ix.n; i++) {
-        free(a->ix.v[i].name);
-        free_targets(a->ix.v[i].value);
-    }
-    free(a->ix.v);
+    names_free(&a->ix, free_targets);
     free(a);
 }
 

@@ -41,6 +41,17 @@ const struct name_entry *names_seal(struct name_index *ix, const struct name_ent
     return NULL;
 }
 
+void names_free(struct name_index *ix, void (*free_value)(void *value))
+{
+    for (size_t i = 0; i < ix->n; i++) {
+        free(ix->v[i].name);
+        free_value(ix->v[i].value);
+    }
+    free(ix->v);
+    ix->v = NULL;
+    ix->n = ix->cap = 0;
+}
+
 const struct name_entry *names_find(const struct name_index *ix, const char *name)
 {
     size_t lo = 0, hi = ix->n;

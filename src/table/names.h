@@ -23,6 +23,8 @@ void names_add(struct name_index *ix, const char *name, void *value, unsigned li
 /* Sort; returns the first duplicate's entry (and the earlier one in *first), or NULL. */
 const struct name_entry *names_seal(struct name_index *ix, const struct name_entry **first);
 const struct name_entry *names_find(const struct name_index *ix, const char *name);
+/* Free every name, each value with free_value, and the index's array. */
+void names_free(struct name_index *ix, void (*free_value)(void *value));
 /* A plausible local part for a table key: 1..64 octets of atext and dots. */
 bool names_valid_local(const char *s);
 

@@ -25,11 +25,7 @@ void users_free(struct users *u)
 {
     if (u == NULL)
         return;
-    for (size_t i = 0; i < u->ix.n; i++) {
-        free(u->ix.v[i].name);
-        free(u->ix.v[i].value);
-    }
-    free(u->ix.v);
+    names_free(&u->ix, free);
     free(u);
 }
 
