@@ -201,7 +201,7 @@ static void cmd_vrfy(struct session *s, const char *arg, size_t len);
 static void cmd_help(struct session *s, const char *arg, size_t len);
 static void cmd_starttls(struct session *s, const char *arg, size_t len);
 static void cmd_auth(struct session *s, const char *arg, size_t len);
-static void cmd_unimplemented(struct session *s, const char *arg, size_t len);
+static void cmd_not_offered(struct session *s, const char *arg, size_t len);
 
 static const struct command commands[] = {
     {"EHLO", ST_ANY, cmd_ehlo},
@@ -217,12 +217,12 @@ static const struct command commands[] = {
     {"HELP", ST_ANY, cmd_help},
     {"STARTTLS", ST(SS_INIT) | ST(SS_READY), cmd_starttls},
     {"AUTH", ST(SS_READY), cmd_auth},
-    {"EXPN", ST_ANY, cmd_unimplemented},
-    {"TURN", ST_ANY, cmd_unimplemented},
-    {"ETRN", ST_ANY, cmd_unimplemented},
-    {"SEND", ST_ANY, cmd_unimplemented},
-    {"SOML", ST_ANY, cmd_unimplemented},
-    {"SAML", ST_ANY, cmd_unimplemented},
+    {"EXPN", ST_ANY, cmd_not_offered},
+    {"TURN", ST_ANY, cmd_not_offered},
+    {"ETRN", ST_ANY, cmd_not_offered},
+    {"SEND", ST_ANY, cmd_not_offered},
+    {"SOML", ST_ANY, cmd_not_offered},
+    {"SAML", ST_ANY, cmd_not_offered},
 };
 
 static void bad_sequence(struct session *s, const struct command *c)
@@ -866,7 +866,7 @@ static void cmd_help(struct session *s, const char *arg, size_t len)
            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
 }
 
-static void cmd_unimplemented(struct session *s, const char *arg, size_t len)
+static void cmd_not_offered(struct session *s, const char *arg, size_t len)
 {
     replyf(s, 502, "5.5.1", "Command not implemented");
 }
