@@ -325,8 +325,11 @@ static void reverse_finish(struct dns_query *r, const char *name)
 {
     void (*cb)(void *, const char *) = r->rcb;
     void *arg = r->arg;
+    char copy[sizeof r->name]; /* name may point into r, which goes first */
+    if (name != NULL)
+        snprintf(copy, sizeof copy, "%s", name);
     query_free(r);
-    cb(arg, name);
+    cb(arg, name != NULL ? copy : NULL);
 }
 
 static bool same_ip(const struct sockaddr *a, const struct sockaddr *b)

@@ -866,6 +866,7 @@ static void cmd_help(struct session *s, const char *arg, size_t len)
            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
 }
 
+/* EXPN (never a list: RFC 5321 §3.5.3, §7.3), TURN, ETRN, SEND, SOML, SAML */
 static void cmd_not_offered(struct session *s, const char *arg, size_t len)
 {
     replyf(s, 502, "5.5.1", "Command not implemented");

@@ -61,6 +61,17 @@ class Unbound:
     def __init__(self, folder, records, zones=("example.",)):
         self.folder = pathlib.Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        # a free port can be taken between our probe and unbound's bind: try a few
+        for attempt in range(3):
+            try:
+                self.start(records, zones)
+                return
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                self.stop()
+
+    def start(self, records, zones):
         self.port = free_udp_port()
         lines = [
             "server:",
@@ -124,7 +135,7 @@ class Unbound:
             return ""
 
     def stop(self):
-        if self.proc.poll() is None:
+        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, 15)
             try:
                 self.proc.wait(10)
