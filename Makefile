@@ -5,6 +5,7 @@
 #   make check            install what is missing, build, run every test (unit, sanitizers,
 #                         integration, bounded fuzzing)
 #   make BUILD=asan unit  unit tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make BUILD=asan integration   the integration tests against a sanitized ternd
 #   make fuzz             run the libFuzzer targets for longer (FUZZ_SECONDS each)
 #   make bench            the benchmark of bench/ (not part of check)
 #
@@ -88,7 +89,7 @@ unit: $(UNIT_BINS)
 	@scripts/run-unit "$(BUILD)" $(UNIT_BINS)
 
 integration: $(PROGS)
-	$(PYTHON) -m pytest -q tests/integration
+	TERN_BUILD=$(CURDIR)/$(B) $(PYTHON) -m pytest -q tests/integration
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=asan unit
@@ -106,6 +107,8 @@ check: deps
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory fuzz-check FUZZ_SECONDS=12
 	@$(MAKE) --no-print-directory integration
+	@echo "integration tests again, ternd under AddressSanitizer + UndefinedBehaviorSanitizer:"
+	@$(MAKE) --no-print-directory BUILD=asan integration
 
 bench:
 	@scripts/install-deps bench
