@@ -46,6 +46,7 @@ struct ljob {
     char *prefix;
     size_t prefix_len;
     char *mailbox; /* user@domain, for Delivered-To and logs */
+    char stable_id[QID_MAX + 16]; /* "<qid>R<recipient index>": see maildir.h */
     struct maildir_job mj;
 };
 
@@ -148,7 +149,11 @@ static const char *maildir_status(const struct maildir_job *mj)
 static void maildir_job_report(struct local_agent *a, struct ljob *j)
 {
     if (j->mj.ok) {
-        report(a, j->m, j->rcpt, DELIVERY_OK, "2.0.0", "x-tern; delivered to maildir", j->mailbox);
+        report(a, j->m, j->rcpt, DELIVERY_OK, "2.0.0",
+               j->mj.already ? "x-tern; delivered to maildir (the file of an earlier try, "
+                               "before a restart, was already there)"
+                             : "x-tern; delivered to maildir",
+               j->mailbox);
         return;
     }
     char diag[400];
@@ -297,6 +302,11 @@ static void enqueue_mailbox(struct local_agent *a, struct conf *c, struct qmsg *
     j->mj.prefix = j->prefix;
     j->mj.prefix_len = j->prefix_len;
     j->mj.hostname = c->hostname;
+    /* the same name for every try of this delivery, so one repeated after a crash finds
+     * the file its first try wrote (maildir.h) */
+    snprintf(j->stable_id, sizeof j->stable_id, "%sR%u", qmsg_id(m), (unsigned)rcpt);
+    j->mj.stable_id = j->stable_id;
+    j->mj.stable_time = (long long)env->arrival;
     qmsg_body(m, &j->mj.body); /* valid while the reference is held */
     *a->tail = j;
     a->tail = &j->next;

@@ -19,9 +19,18 @@
  * Unique names combine time, pid, a process-wide counter and the thread id, so two
  * threads (or two deliveries in the same microsecond) never collide; O_EXCL catches what
  * would remain (another host sharing the folder with our name), and we pick a new name.
+ *
+ * Stable names (a job with a stable_id): the queue reports a
+ * delivery only after step 3, so a crash between a link into new/ and the record of the
+ * delivery makes the next start deliver again. With the same name every try, that second
+ * try meets its own earlier file (EEXIST) and, only if the bytes are the same, takes it
+ * as its own delivery: the mailbox ends with one copy, exactly what was to be written.
+ * Different bytes under the name (a queue id reused by another spool) never count: the
+ * job falls back to a unique name, so a false match can cost a duplicate, never a loss.
  */
 #include "deliver/maildir.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -196,6 +205,68 @@ static void unique_name(const struct maildir_job *j, char *out, size_t cap)
              (long)tv.tv_usec, pid, q, tid, host, j->prefix_len + j->body.len);
 }
 
+/* The stable name of a job (see the file comment); false if it has no usable stable_id. */
+static bool stable_name(const struct maildir_job *j, char *out, size_t cap)
+{
+    if (j->stable_id == NULL || j->stable_id[0] == '\0')
+        return false;
+    for (const char *p = j->stable_id; *p; p++)
+        if (!isalnum((unsigned char)*p))
+            return false;
+    char host[72];
+    host_part(j->hostname, host, sizeof host);
+    int n = snprintf(out, cap, "%lld.%s.%s,S=%zu", j->stable_time, j->stable_id, host,
+                     j->prefix_len + j->body.len);
+    return n > 0 && (size_t)n < cap;
+}
+
+/* Bytes [off, off + n) of what job j writes (prefix, then content) into out. */
+static int job_bytes(const struct maildir_job *j, char *out, uint64_t off, size_t n)
+{
+    while (n > 0) {
+        size_t take;
+        if (off < j->prefix_len) {
+            take = j->prefix_len - off < n ? (size_t)(j->prefix_len - off) : n;
+            memcpy(out, j->prefix + off, take);
+        } else {
+            uint64_t at = off - j->prefix_len;
+            take = n;
+            if (j->body.mem != NULL)
+                memcpy(out, j->body.mem + at, take);
+            else if (fs_pread_all(j->body.fd, out, take, (off_t)(j->body.off + at)) != 0)
+                return -1;
+        }
+        out += take;
+        off += take;
+        n -= take;
+    }
+    return 0;
+}
+
+/* Is path (below dirfd) a regular file holding exactly the bytes job j writes? Read in
+ * chunks: this runs only when a stable name is already taken (after a crash). */
+static bool same_content(int dirfd, const char *path, const struct maildir_job *j)
+{
+    int fd = openat(dirfd, path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    uint64_t total = j->prefix_len + j->body.len;
+    struct stat st;
+    bool same = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == total;
+    char *mine = same ? xmalloc(COPY_CHUNK) : NULL;
+    char *theirs = same ? xmalloc(COPY_CHUNK) : NULL;
+    for (uint64_t off = 0; same && off < total;) {
+        size_t n = total - off < COPY_CHUNK ? (size_t)(total - off) : COPY_CHUNK;
+        same = job_bytes(j, mine, off, n) == 0 && fs_pread_all(fd, theirs, n, (off_t)off) == 0 &&
+               memcmp(mine, theirs, n) == 0;
+        off += n;
+    }
+    free(mine);
+    free(theirs);
+    close(fd);
+    return same;
+}
+
 /* Copy len bytes at off of in_fd to out_fd: in the kernel when it can, else through a
  * small buffer (never the whole message in memory). */
 static int copy_range(int out_fd, int in_fd, uint64_t off, size_t len)
@@ -271,6 +342,26 @@ static bool deliver_linked(struct maildir_job *j, struct jstate *st, const char 
     if (fsync(fd) != 0)
         goto fail;
     *what = "link into new/";
+    if (stable_name(j, st->name, sizeof st->name)) {
+        snprintf(fresh, sizeof fresh, "new/%s", st->name);
+        int rc = linkat(AT_FDCWD, proc, m->fd, fresh, AT_SYMLINK_FOLLOW);
+        if (rc != 0 && errno == ENOENT && make_subdirs(m->fd) == 0)
+            rc = linkat(AT_FDCWD, proc, m->fd, fresh, AT_SYMLINK_FOLLOW);
+        int link_err = rc == 0 ? 0 : errno;
+        if (rc == 0 || (link_err == EEXIST && same_content(m->fd, fresh, j))) {
+            /* an earlier file of ours: new/ is still synced in step 3, since that
+             * earlier try may have crashed before its own sync */
+            j->already = rc != 0;
+            close(fd);
+            st->renamed = true;
+            m->used = true;
+            return true;
+        }
+        if (link_err != EEXIST) {
+            errno = link_err;
+            goto fail;
+        }
+    }
     for (int attempt = 0; attempt < NAME_TRIES; attempt++) {
         unique_name(j, st->name, sizeof st->name);
         snprintf(fresh, sizeof fresh, "new/%s", st->name);
@@ -339,6 +430,21 @@ static void deliver_one(struct maildir_job *j, struct jstate *st)
     fd = -1;
     if (rc != 0)
         goto fail;
+    char stable[sizeof st->name];
+    if (stable_name(j, stable, sizeof stable)) {
+        /* link, not rename: rename would replace an earlier file under the name */
+        snprintf(fresh, sizeof fresh, "new/%s", stable);
+        int linked = linkat(m->fd, tmp, m->fd, fresh, 0);
+        if (linked == 0 || (errno == EEXIST && same_content(m->fd, fresh, j))) {
+            j->already = linked != 0;
+            unlinkat(m->fd, tmp, 0); /* a crash before this leaves a stray tmp/ file */
+            snprintf(st->name, sizeof st->name, "%s", stable);
+            st->renamed = true;
+            m->used = true;
+            return;
+        }
+        /* taken by other bytes, or no hard links here: the unique name, as usual */
+    }
     what = "rename into new/";
     snprintf(fresh, sizeof fresh, "new/%s", st->name);
     if (renameat(m->fd, tmp, m->fd, fresh) != 0) {
@@ -370,6 +476,7 @@ void maildir_deliver_batch(struct maildir_job *jobs, size_t n)
     for (size_t i = 0; i < n; i++) {
         struct maildir_job *j = &jobs[i];
         j->ok = false;
+        j->already = false;
         j->permanent = false;
         j->errnum = 0;
         j->error[0] = j->filename[0] = '\0';

@@ -7,7 +7,12 @@
  * tmp/UNIQUE (mode 0600) with the prefix (Return-Path:, Delivered-To:) then the content
  * byte for byte as queued, fsync, rename into new/. A batch fsyncs each distinct new/
  * directory once at the end, and a job reports success only after that. Unique names:
- * "SECONDS.M<usec>P<pid>Q<n>_<thread>.HOST,S=<size>". Every path is opened relative to
+ * "SECONDS.M<usec>P<pid>Q<n>_<thread>.HOST,S=<size>", or, for a job with a stable_id,
+ * first "TIME.<stable_id>.HOST,S=<size>": the same name every time the same delivery is
+ * tried, so a delivery repeated after a crash (done, but its status never recorded) finds
+ * its earlier file in new/ and, when that file holds exactly the same bytes, counts it
+ * as delivered instead of writing a second copy (`already` is set). A file of that name
+ * with other bytes is left alone and a unique name is used. Every path is opened relative to
  * base_fd (ternd opens it before dropping privileges); relpath must be relative, without
  * "..". Any failure removes the tmp file (and the new/ file when the directory fsync
  * fails) and is reported as temporary (a full disk, a missing permission, an I/O error)
@@ -30,12 +35,16 @@ struct maildir_job {
     size_t prefix_len;
     struct qbody body;    /* the message content */
     const char *hostname; /* for unique names */
+    const char *stable_id; /* optional: [A-Za-z0-9]+, the same for every try of this
+                            * delivery and never for another (queue id + recipient) */
+    long long stable_time; /* with stable_id: the TIME of its name (the arrival) */
     /* out */
     bool ok;
     bool permanent;       /* when !ok: retrying will not help */
     int errnum;           /* when !ok: the errno behind it (EDQUOT, ENOSPC, ...) or 0 */
     char error[256];      /* when !ok */
     char filename[256];   /* when ok: the file's path relative to base_fd */
+    bool already;         /* when ok: an earlier try had written this very file */
 };
 
 void maildir_deliver_batch(struct maildir_job *jobs, size_t n);

@@ -231,6 +231,9 @@ def test_crash_kill9_loses_nothing_acknowledged(make_ternd):
     print(f"crash test: acknowledged={len(acked)} delivered={len(got)} lost={len(lost)} "
           f"duplicates={duplicates} unacknowledged_but_delivered={len(got - acked)}")
     assert not lost, f"lost {len(lost)} acknowledged messages: {sorted(lost)[:10]}"
+    # kill -9 keeps what was written: a delivery repeated because its status record was
+    # not yet written finds its own file under the same name and does not copy it again
+    assert duplicates == 0, f"{duplicates} messages delivered twice after kill -9"
 
 
 def test_sigterm_under_load_exits_cleanly_and_keeps_everything(make_ternd):

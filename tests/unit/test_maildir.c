@@ -510,6 +510,55 @@ static void test_missing_subdir_recreated(void **state)
     assert_int_equal(count_files("example.test/heal", "new"), 1);
 }
 
+/* A delivery tried again (after a crash) under its stable name finds its own earlier file
+ * and writes no second copy; other bytes under that name are never taken for it. */
+static void test_stable_name_repeat(void **state)
+{
+    reset_faults();
+    static const char body[] = "Subject: once\r\n\r\nbody\r\n";
+    struct maildir_job j = mem_job("example.test/stable", body, sizeof body - 1);
+    j.stable_id = "0ABCDEFGHIJ12R3";
+    j.stable_time = 1700000000;
+    maildir_deliver_batch(&j, 1);
+    assert_true(j.ok);
+    assert_false(j.already);
+    char want[128];
+    snprintf(want, sizeof want, "example.test/stable/new/1700000000.0ABCDEFGHIJ12R3."
+             "mx.example.test,S=%zu", sizeof prefix - 1 + sizeof body - 1);
+    assert_string_equal(j.filename, want);
+
+    struct maildir_job again = j;
+    dir_fsyncs = 0;
+    maildir_deliver_batch(&again, 1);
+    assert_true(again.ok);
+    assert_true(again.already);
+    assert_string_equal(again.filename, want);
+    assert_int_equal(dir_fsyncs, 1); /* the earlier try may not have synced new/ */
+    assert_int_equal(count_files("example.test/stable", "new"), 1);
+    assert_int_equal(count_files("example.test/stable", "tmp"), 0);
+
+    /* same name, same size, other bytes: a second file under a unique name */
+    static const char other[] = "Subject: ONCE\r\n\r\nbody\r\n";
+    struct maildir_job k = mem_job("example.test/stable", other, sizeof other - 1);
+    k.stable_id = j.stable_id;
+    k.stable_time = j.stable_time;
+    maildir_deliver_batch(&k, 1);
+    assert_true(k.ok);
+    assert_false(k.already);
+    assert_string_not_equal(k.filename, want);
+    expect_bytes(&k, other, sizeof other - 1);
+    expect_bytes(&j, body, sizeof body - 1);
+    assert_int_equal(count_files("example.test/stable", "new"), 2);
+
+    /* an id that is not plain alphanumerics is not used for a name */
+    struct maildir_job bad = mem_job("example.test/stable", body, sizeof body - 1);
+    bad.stable_id = "../x";
+    maildir_deliver_batch(&bad, 1);
+    assert_true(bad.ok);
+    assert_null(strstr(bad.filename, "x.mx"));
+    assert_int_equal(count_files("example.test/stable", "new"), 3);
+}
+
 static void test_several_maildirs_one_batch(void **state)
 {
     reset_faults();
@@ -542,6 +591,7 @@ int main(void)
         cmocka_unit_test(test_not_a_directory),
         cmocka_unit_test(test_missing_subdir_recreated),
         cmocka_unit_test(test_several_maildirs_one_batch),
+        cmocka_unit_test(test_stable_name_repeat),
     };
     int failed = cmocka_run_group_tests_name("maildir (O_TMPFILE + link)", tests, setup, teardown);
     no_tmpfile = true;
