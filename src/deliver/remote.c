@@ -32,6 +32,10 @@
  *   - Idle connections are kept REMOTE_IDLE_MS (Postfix's connection cache default) and
  *     reused for the next job of their destination; they are closed first when another
  *     destination needs room under max_outbound.
+ *   - A 452 to RCPT after other recipients of the transaction went through is the server's
+ *     recipient limit (RFC 5321 §4.5.3.1.10): those recipients go back to the head of the
+ *     destination's queue, so the same connection sends them next, instead of waiting a
+ *     retry step. Only when the transaction delivered something, so it always ends.
  *   - Shutdown abandons: the loop is already stopped when remote_shutdown() runs, and a
  *     recipient without a report stays pending in the queue's records (it may be sent
  *     twice, never lost). No TEMP is reported, so the restart retries at once.
@@ -231,6 +235,16 @@ static struct job *dest_pop(struct dest *d)
 
 /* ---- jobs and reports ---- */
 
+static struct job *job_new(struct qmsg *m, size_t cap)
+{
+    struct job *j = xcalloc(1, sizeof *j);
+    j->m = m;
+    qmsg_ref(m);
+    j->idx = xcalloc(cap, sizeof *j->idx);
+    j->rc = xcalloc(cap, sizeof *j->rc);
+    return j;
+}
+
 static void job_free(struct job *j)
 {
     smtpc_txn_clear(&j->txn);
@@ -268,11 +282,45 @@ static void report_one(struct job *j, size_t i, const struct delivery_result *re
     queue_report(j->m, j->idx[i], res);
 }
 
-/* Report every recipient of a finished transaction, then free the job. */
+/* RFC 5321 §4.5.3.1.10: a 452 to RCPT while other recipients of the same transaction
+ * went through is the server's recipient limit, not trouble with those addresses. Is
+ * recipient i such a one, to be sent again in a new transaction at once? Only if the
+ * transaction delivered something, so every round makes progress. */
+static bool over_rcpt_limit(const struct job *j, size_t i, size_t delivered)
+{
+    return delivered > 0 && j->rc[i].outcome == SMTPC_TEMP && j->rc[i].rcpt_code == 452 &&
+           !R.stopping;
+}
+
+/* Report every recipient of a finished transaction, then free the job. Recipients over
+ * the server's limit go into a new job at the head of the destination's queue, which
+ * this connection takes next. */
 static void job_report_txn(struct job *j, const struct conn *c)
 {
+    size_t delivered = 0, over = 0;
+    for (size_t i = 0; i < j->n; i++)
+        delivered += j->rc[i].outcome == SMTPC_OK;
+    for (size_t i = 0; i < j->n; i++)
+        over += over_rcpt_limit(j, i, delivered);
+    struct job *rest = NULL;
+    if (over > 0) {
+        rest = job_new(j->m, over);
+        rest->dest = j->dest;
+        struct logline l;
+        log_begin(&l, LOG_LVL_INFO, "deliver.remote.rcpt_limit");
+        log_str(&l, "qid", qmsg_id(j->m));
+        log_str(&l, "relay", c->relay[0] ? c->relay : "none");
+        log_uint(&l, "sent", delivered);
+        log_uint(&l, "again", over);
+        log_str(&l, "note", "452 to RCPT: the rest go in the next transaction");
+        log_end(&l);
+    }
     for (size_t i = 0; i < j->n; i++) {
         const struct smtpc_rcpt *rc = &j->rc[i];
+        if (rest != NULL && over_rcpt_limit(j, i, delivered)) {
+            rest->idx[rest->n++] = j->idx[i];
+            continue;
+        }
         struct delivery_result res = {
             .kind = rc->outcome == SMTPC_OK     ? DELIVERY_OK
                     : rc->outcome == SMTPC_PERM ? DELIVERY_PERM
@@ -285,6 +333,16 @@ static void job_report_txn(struct job *j, const struct conn *c)
         report_one(j, i, &res, c->relay, c->tls);
     }
     job_free(j);
+    if (rest != NULL) {
+        struct dest *d = rest->dest;
+        rest->next = d->head;
+        d->head = rest;
+        if (d->tail == NULL)
+            d->tail = rest;
+        d->njobs++;
+        R.njobs++;
+        dest_kick(d); /* in case this connection does not take it (its last transaction) */
+    }
 }
 
 /* Every recipient of the job gets the same outcome. */
@@ -985,16 +1043,6 @@ static bool domain_of(const char *addr, char *out, size_t cap)
         return false;
     snprintf(out, cap, "%s", at + 1);
     return true;
-}
-
-static struct job *job_new(struct qmsg *m, size_t cap)
-{
-    struct job *j = xcalloc(1, sizeof *j);
-    j->m = m;
-    qmsg_ref(m);
-    j->idx = xcalloc(cap, sizeof *j->idx);
-    j->rc = xcalloc(cap, sizeof *j->rc);
-    return j;
 }
 
 /* remote_deliver() before remote_init(): a wiring mistake; defer rather than lose mail. */

@@ -541,6 +541,7 @@ static void on_txn_reply(struct smtpc *s, const struct reply_in *r)
                 s->accepted++;
             } else {
                 rcpt_set_reply(rc, r);
+                rc->rcpt_code = r->code;
             }
         }
     } else { /* DATA */
@@ -942,6 +943,7 @@ void smtpc_begin(struct smtpc *s, struct smtpc_txn *t)
     for (size_t i = 0; i < t->nrcpts; i++) {
         t->rcpts[i].outcome = SMTPC_NONE;
         t->rcpts[i].accepted = false;
+        t->rcpts[i].rcpt_code = 0;
         t->rcpts[i].relayed = false;
     }
     bool utf8 = t->smtputf8 || smtpc_needs_utf8(t->sender);

@@ -81,6 +81,7 @@ struct smtpc_rcpt {
     char status[12];   /* enhanced status */
     char *diag;        /* heap: "smtp; 250 2.0.0 Ok" or "x-tern; ..." */
     bool accepted;     /* RCPT got 2xx (internal) */
+    int rcpt_code;     /* the reply code of a refused RCPT, else 0 */
 };
 
 struct smtpc_txn {

@@ -207,6 +207,8 @@ class _Handler:
                 reply = script.pop(0)
                 if reply is not None:
                     return reply
+        if self.peer.rcpt_limit and len(envelope.rcpt_tos) >= self.peer.rcpt_limit:
+            return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
@@ -233,11 +235,14 @@ class CapturePeer:
 
     rcpt_script: {address: [reply or None, ...]}, one entry used per RCPT of that address
     (None: accept); afterwards the address is accepted.
+    rcpt_limit: recipients per transaction; the RCPTs beyond get 452 4.5.3.
     """
 
     def __init__(self, host, port, name="peer.test", pipelining=True, tls=None, auth=None,
-                 rcpt_script=None, extra_ehlo=(), smtputf8=False, data_reply=None):
+                 rcpt_script=None, extra_ehlo=(), smtputf8=False, data_reply=None,
+                 rcpt_limit=0):
         self.host, self.port, self.name = host, port, name
+        self.rcpt_limit = rcpt_limit
         self.pipelining = pipelining
         self.extra_ehlo = extra_ehlo
         self.rcpt_script = {k.lower(): list(v) for k, v in (rcpt_script or {}).items()}

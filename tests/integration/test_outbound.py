@@ -534,6 +534,26 @@ def test_many_recipients_are_split_into_transactions_of_100(outbound, peers, por
     assert sorted(r for m in got for r in m["rcpt_tos"]) == rcpts
 
 
+def test_recipients_over_the_peers_limit_go_in_the_next_transaction_at_once(outbound, peers,
+                                                                            port):
+    # RFC 5321 §4.5.3.1.10: 452 to RCPT after others were accepted is the server's limit;
+    # the rest are sent in a new transaction on the same connection, not after a retry
+    # delay (an hour here: waiting for it would time this test out)
+    p = peers(CapturePeer, "127.0.0.13", port, name="mx.peer.example", rcpt_limit=2)
+    t = outbound(extra="retry_schedule = 1h")
+    rcpts = [f"lim{i}@peer.example" for i in range(5)]
+    send(t, rcpts, subject="limit")
+    got = p.wait_messages(3)
+    assert [len(m["rcpt_tos"]) for m in got] == [2, 2, 1]
+    assert sorted(r for m in got for r in m["rcpt_tos"]) == rcpts
+    assert len(p.sessions()) == 1  # all on one connection
+    for r in rcpts:
+        wait_deliver_line(t, r, "result=sent")
+    assert not any("result=deferred" in line for line in deliver_lines(t))
+    assert t.log().count("event=deliver.remote.rcpt_limit ") == 2
+    assert t.messages("alice") == []  # no delay warning, no bounce
+
+
 def test_dns_failure_defers(outbound, port):
     t = outbound()
     send(t, "user@broken.example", subject="dns trouble")

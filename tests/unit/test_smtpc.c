@@ -215,6 +215,9 @@ static void test_all_refused_then_reuse(void **state)
     assert_int_equal(f.rc[0].outcome, SMTPC_PERM);
     assert_int_equal(f.rc[1].outcome, SMTPC_TEMP);
     assert_string_equal(f.rc[1].status, "4.2.0");
+    /* the refused RCPTs keep their reply codes (remote.c sends 452s again at once) */
+    assert_int_equal(f.rc[0].rcpt_code, 550);
+    assert_int_equal(f.rc[1].rcpt_code, 450);
     /* the transaction ended before its dot: RSET before the next */
     assert_string_equal(sent(), "RSET\r\n");
     assert_int_equal(smtpc_phase(S), SMTPC_WAIT);
@@ -269,6 +272,7 @@ static void test_data_refused_and_354_without_recipients(void **state)
     assert_non_null(smtpc_take_done(S));
     assert_int_equal(f.rc[0].outcome, SMTPC_TEMP);
     assert_string_equal(f.rc[0].status, "4.3.0");
+    assert_int_equal(f.rc[0].rcpt_code, 0); /* its RCPT was accepted: DATA was refused */
     assert_string_equal(sent(), "RSET\r\n");
     feed("250 ok\r\n");
     smtpc_txn_clear(&f.t);
