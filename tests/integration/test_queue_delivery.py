@@ -210,13 +210,13 @@ def test_crash_kill9_loses_nothing_acknowledged(make_ternd):
         s.start()
     # kill -9 in the middle of the load
     deadline = time.time() + 60
-    while len(accepted) < 1000 and time.time() < deadline:
+    while len(accepted) < 1500 and time.time() < deadline:
         time.sleep(0.02)
     t.kill9()
     for s in senders:
         s.join(30)
     acked = set(accepted)
-    assert len(acked) >= 1000
+    assert len(acked) >= 1500
     t.start()
     deadline = time.time() + 60
     while time.time() < deadline:
