@@ -124,8 +124,28 @@ void iptable_session_remove(struct iptable *t, const char *ip)
         drop(t, e);
 }
 
+/* Drop every entry that only remembered failures now outside the window. Runs before the
+ * table would grow for a new failing address, so addresses that failed once and never came
+ * back do not pile up (each costs the table a slot until then). */
+static void sweep(struct iptable *t, time_t now)
+{
+    for (size_t i = 0; i < t->cap;) {
+        struct entry *e = &t->v[i];
+        if (e->used && e->sessions == 0) {
+            forget_old_failures(e, now);
+            if (e->failures == 0) {
+                drop(t, e); /* may shift a later entry into slot i: look at it again */
+                continue;
+            }
+        }
+        i++;
+    }
+}
+
 unsigned iptable_auth_failed(struct iptable *t, const char *ip, time_t now)
 {
+    if ((t->n + 1) * 4 > t->cap * 3 && find(t, ip, false) == NULL)
+        sweep(t, now);
     struct entry *e = find(t, ip, true);
     forget_old_failures(e, now);
     e->failures++;

@@ -2,8 +2,9 @@
  * iptable: per-client-address counters for the listeners: open sessions (for the
  * per-IP session limit) and recent AUTH failures (for the growing failure delay).
  * An open-addressing hash table keyed by the numeric address text; entries with nothing
- * to remember are removed, so the table holds at most one entry per connected or recently
- * failing client. Loop thread only.
+ * to remember are removed (failures once outside IPTABLE_FAILURE_WINDOW: when the address
+ * is looked up again, or in a sweep before the table grows), so the table holds at most one
+ * entry per connected or recently failing client. Loop thread only.
  */
 #ifndef TERN_IPTABLE_H
 #define TERN_IPTABLE_H

@@ -319,6 +319,27 @@ static void test_iptable(void **state)
     assert_int_equal(iptable_auth_failures(t, "::1", 1001 + IPTABLE_FAILURE_WINDOW + 1), 0);
     assert_int_equal(iptable_size(t), 0);
     iptable_free(t);
+
+    /* addresses that failed once and never came back are swept before the table grows
+     * (a fresh table: 64 slots, grown at 48 entries) */
+    t = iptable_new();
+    for (int i = 0; i < 40; i++) {
+        snprintf(ip, sizeof ip, "192.0.2.%d", i);
+        iptable_auth_failed(t, ip, 5000);
+    }
+    assert_int_equal(iptable_session_add(t, "192.0.2.200"), 1); /* connected: kept */
+    assert_int_equal(iptable_size(t), 41);
+    time_t later = 5000 + IPTABLE_FAILURE_WINDOW + 1;
+    for (int i = 0; i < 40; i++) {
+        snprintf(ip, sizeof ip, "198.51.100.%d", i);
+        assert_int_equal(iptable_auth_failed(t, ip, later), 1);
+    }
+    /* the 40 old ones went at the first sweep; the 40 new and the connected one remain */
+    assert_int_equal(iptable_size(t), 41);
+    assert_int_equal(iptable_auth_failures(t, "198.51.100.0", later), 1);
+    assert_int_equal(iptable_auth_failures(t, "198.51.100.39", later), 1);
+    assert_int_equal(iptable_session_add(t, "192.0.2.200"), 2);
+    iptable_free(t);
 }
 
 int main(void)
