@@ -1,5 +1,6 @@
 """TLS, AUTH and the relay policy (issue 6) against a real ternd, with real clients:
-openssl s_client, swaks (--tls, --tls-on-connect, --auth), smtplib starttls() + login()."""
+openssl s_client, swaks (--tls, --tls-on-connect, --auth), msmtp (as a mail program is set
+up: verifying the certificate), smtplib starttls() + login()."""
 import base64
 import email
 import socket
@@ -138,6 +139,43 @@ def test_swaks_tls_on_connect_and_auth(tls_ternd):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "235 2.7.0" in r.stdout
     t.wait_messages("alice")
+
+
+@pytest.mark.parametrize("account", ["starttls", "implicit"])
+def test_msmtp_submits_with_verified_tls_and_auth(tls_ternd, account):
+    # msmtp, as in a user's ~/.msmtprc: it checks the certificate against the trust file and
+    # the name mx.example.test, authenticates, and exits 0 only on the final 250
+    t = tls_ternd
+    rc = t.dir / "msmtprc"
+    rc.write_text(f"""defaults
+tls on
+tls_trust_file {t.dir / "cert.pem"}
+tls_host_override mx.example.test
+auth on
+user alice@example.test
+password {PASSWORD}
+from alice@example.test
+
+account starttls
+host 127.0.0.1
+port {t.sub_port}
+tls_starttls on
+auth plain
+
+account implicit
+host 127.0.0.1
+port {t.smtps_port}
+tls_starttls off
+auth login
+""")
+    rc.chmod(0o600)  # msmtp refuses a password file others can read
+    msg = f"From: alice@example.test\nTo: bob@example.test\nSubject: msmtp {account}\n\nhi\n"
+    r = subprocess.run(["msmtp", "-C", str(rc), "-a", account, "bob@example.test"],
+                       input=msg, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = t.wait_messages("bob")[0].read_bytes()
+    assert f"Subject: msmtp {account}".encode() in data
+    assert b"with ESMTPSA" in data
 
 
 def test_swaks_starttls_on_mx(tls_ternd):
