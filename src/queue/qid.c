@@ -24,6 +24,12 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t last_us;
 static uint64_t rng_state;
 static bool rng_ready;
+/* The random part: drawn once per process (again in a forked child), not per id. Within a
+ * process the time part alone makes ids unique; across processes two ids can only be equal
+ * if their processes drew the same tag (1 in 1.7 million) and used the same microsecond.
+ * A fresh draw per id would instead give every pair of ids made in the same microsecond
+ * that chance: two processes making ids flat out would collide every few million ids. */
+static uint64_t tag;
 
 /* splitmix64: a good small generator; the seed comes from getrandom (or time and pid). */
 static uint64_t rng_next(void)
@@ -58,6 +64,7 @@ static void rng_seed(void)
         seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ ((uint64_t)getpid() << 40);
     }
     rng_state = seed;
+    tag = rng_next() % RAND_RANGE;
     rng_ready = true;
 }
 
@@ -85,7 +92,7 @@ void qid_new(char *out)
     if (t <= last_us)
         t = last_us + 1;
     last_us = t;
-    uint64_t r = rng_next() % RAND_RANGE;
+    uint64_t r = tag;
     pthread_mutex_unlock(&lock);
     put_base36(out, t, TIME_DIGITS);
     put_base36(out + TIME_DIGITS, r, RAND_DIGITS);

@@ -1,13 +1,13 @@
 /*
  * qid: queue ids. 14 characters of [0-9A-Z]: 10 base-36 digits of microseconds since the
- * epoch, then 4 base-36 digits of random bits (a fresh draw per id).
+ * epoch, then 4 base-36 digits of random bits drawn once per process (a per-process tag).
  *
  * Invariants: within one process ids strictly increase (the time part never repeats: a
  * burst faster than one id per microsecond borrows from the next microseconds), so they
  * are unique and sort in creation order; across processes (ternd and tern-sendmail) and
- * restarts the clock plus the random part make a collision a 1 in 1.7 million chance for
- * ids made in the same microsecond, and the daemon still checks its index before using an
- * id it did not make. qid_seed() keeps ids rising across a restart even if the clock
+ * restarts two ids can be equal only if both processes drew the same tag (1 in 1.7
+ * million) and made them in the same microsecond, and the daemon still checks its index
+ * before using an id it did not make. qid_seed() keeps ids rising across a restart even if the clock
  * stepped back. Thread-safe.
  */
 #ifndef TERN_QID_H
