@@ -34,10 +34,21 @@ DEFAULT_USERS = f"alice:{HASH}\nbob:{HASH}\ncarol\ndave\npostmaster\n"
 DEFAULT_ALIASES = "team: alice, bob\nall: team, carol\n"
 
 
+_ports_handed_out = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port free now, and never handed out before in this test run (the
+    kernel may offer a port again as soon as the probe socket is closed: two listeners of
+    one ternd on the same port would fail its start)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port")
 
 
 class Ternd:
@@ -46,6 +57,7 @@ class Ternd:
     def __init__(self, base, extra="", domains="", listeners="", users=DEFAULT_USERS,
                  aliases=DEFAULT_ALIASES, smtp_port=None, sub_port=None):
         self.dir = pathlib.Path(base)
+        self.auto_ports = smtp_port is None and sub_port is None
         self.smtp_port = smtp_port or free_port()
         self.sub_port = sub_port or free_port()
         self.conf = self.dir / "ternd.conf"
@@ -88,13 +100,24 @@ aliases = aliases
 
     # ---- process control ----
 
-    def start(self, timeout=15):
+    def start(self, timeout=15, _tries=3):
+        first = self.proc is None
         self.log_fh = open(self.logfile, "ab")
+        logged = self.logfile.stat().st_size
         self.proc = subprocess.Popen([str(TERND), "-F", "-c", str(self.conf)],
                                      stdout=self.log_fh, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
+                own = self.log()[logged:]
+                if ("Address already in use" in own and first and self.auto_ports
+                        and _tries > 1):
+                    # someone outside this test run took a port between free_port() and
+                    # the bind: take new ones (nothing has used these yet)
+                    self.smtp_port, self.sub_port = free_port(), free_port()
+                    self.write_config()
+                    self.proc = None
+                    return self.start(timeout, _tries - 1)
                 raise RuntimeError(f"ternd exited with {self.proc.returncode}:\n{self.log()}")
             if "event=start " in self.log() and self.port_open(self.smtp_port):
                 return self
