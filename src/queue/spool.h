@@ -7,7 +7,8 @@
  * with a segment record; a segment kept aside after damage is renamed NNNNNNNNNN.seg.damaged.
  *
  * Commit thread: takes every job queued so far, appends the records of the batch with
- * writev (content from memory or copied from a file), calls fdatasync once, then hands the
+ * writev (content from memory or copied from a file) over zeros written ahead of them
+ * (so the sync does not grow the file), calls fdatasync once, then hands the
  * finished jobs back to the loop thread through a notifier: while it syncs, the next batch
  * accumulates. A record is acknowledged (err == 0) only after its segment has been synced;
  * a new segment is created, fsync'ed and its folder fsync'ed before it holds anything.
@@ -81,6 +82,7 @@ struct spool_rec {
 struct spool_scan {
     uint64_t size;       /* after any truncation */
     uint64_t truncated;  /* bytes cut from a torn tail */
+    uint64_t zero_tail;  /* zeros after the last record (written ahead of records) */
     unsigned bad;        /* damaged records or regions skipped */
     bool damaged;
 };

@@ -897,6 +897,8 @@ struct recs {
     uint64_t off[64];
     unsigned type[64];
     size_t n;
+    uint64_t end;       /* the end of the last record */
+    uint64_t zero_tail; /* zeros after it */
 };
 
 static void collect(void *arg, const struct spool_rec *r)
@@ -930,6 +932,8 @@ static void last_segment(char *path, size_t cap, struct recs *out)
     struct spool_scan sc;
     assert_int_equal(spool_scan(fd, 1, false, collect, out, &sc), 0);
     assert_false(sc.damaged);
+    out->end = sc.size;
+    out->zero_tail = sc.zero_tail;
     close(fd);
 }
 
@@ -938,6 +942,23 @@ static off_t file_size(const char *path)
     struct stat st;
     assert_int_equal(stat(path, &st), 0);
     return st.st_size;
+}
+
+/* Nothing but zeros in path from off on (or the file ends there). */
+static void assert_only_zeros_from(const char *path, off_t off)
+{
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    char buf[4096];
+    ssize_t n;
+    while ((n = pread(fd, buf, sizeof buf, off)) > 0) {
+        for (ssize_t i = 0; i < n; i++)
+            if (buf[i] != 0)
+                fail_msg("byte %lld of %s is not zero", (long long)(off + i), path);
+        off += n;
+    }
+    assert_int_equal(n, 0);
+    close(fd);
 }
 
 enum tail { TAIL_CUT, TAIL_ZERO, TAIL_GARBAGE };
@@ -967,7 +988,8 @@ static void restore_spool(const char *seg, const char *data, size_t len)
 }
 
 /* Cut or spoil the last record at every byte; the spool must come back with the messages
- * before it and without it. */
+ * before it and without it. Zeroed and spoiled tails are followed by zeros, as the zeros
+ * the commit thread writes ahead of the records would follow them after a crash. */
 static void cut_every_offset(enum tail how)
 {
     open_q();
@@ -982,7 +1004,9 @@ static void cut_every_offset(enum tail how)
     assert_true(recs.n >= 4); /* segment, 3 messages */
     uint64_t start = recs.off[recs.n - 1];
     assert_int_equal(recs.type[recs.n - 1], REC_MESSAGE);
-    off_t size = file_size(seg);
+    off_t size = (off_t)recs.end; /* the records; the file goes on with zeros */
+    assert_true(recs.zero_tail > 0);
+    assert_int_equal(file_size(seg), size + (off_t)recs.zero_tail);
     char *data = xmalloc((size_t)size);
     int fd = open(seg, O_RDONLY);
     assert_int_equal(read(fd, data, (size_t)size), (ssize_t)size);
@@ -994,11 +1018,11 @@ static void cut_every_offset(enum tail how)
         } else {
             fd = open(seg, O_WRONLY);
             assert_true(fd >= 0);
-            char fill[4096];
+            char fill[4096 + 8192] = {0};
             size_t n = (size_t)(size - cut);
             for (size_t i = 0; i < n; i++)
                 fill[i] = how == TAIL_ZERO ? 0 : (char)(i * 31 + (size_t)cut);
-            assert_int_equal(pwrite(fd, fill, n, cut), (ssize_t)n);
+            assert_int_equal(pwrite(fd, fill, n + 8192, cut), (ssize_t)(n + 8192));
             close(fd);
         }
         reset_events();
@@ -1008,7 +1032,9 @@ static void cut_every_offset(enum tail how)
         if (queue_find(ids[2]))
             fail_msg("a spoiled record came back (tail %d cut at %lld)", (int)how, (long long)cut);
         assert_int_equal(count_messages(), 2);
-        assert_int_equal(file_size(seg), (off_t)start); /* the torn tail is gone */
+        /* the torn tail is gone: cut off, or only zeros are left */
+        assert_only_zeros_from(seg, (off_t)start);
+        assert_int_equal(count_files(".damaged"), 0);
         queue_close();
     }
     free(data);
@@ -1027,6 +1053,76 @@ static void test_zero_tail(void **state)
 static void test_garbage_tail(void **state)
 {
     cut_every_offset(TAIL_GARBAGE);
+}
+
+/* The active segment has zeros written ahead of its records (so a commit's sync does not
+ * grow the file), they are topped up as records use them, a segment left with zeros after
+ * its records is read back whole and clean, and rotation trims the zeros of the old one. */
+static void test_zeros_ahead_of_records(void **state)
+{
+    open_q();
+    const char *rc[] = {"a@x"};
+    char first[QID_MAX], id[QID_MAX];
+    assert_int_equal(commit_msg("zero ahead\r\n", rc, 1, first), 0);
+    char seg[700];
+    struct recs recs;
+    last_segment(seg, sizeof seg, &recs);
+    assert_true(recs.zero_tail >= 512u * 1024);
+    assert_int_equal(file_size(seg), (off_t)(recs.end + recs.zero_tail));
+    assert_only_zeros_from(seg, (off_t)recs.end);
+    /* ~1.5 MiB of messages: the zeros are topped up, never run out for long */
+    static char big[64 * 1024];
+    memset(big, 'z', sizeof big - 2);
+    memcpy(big + sizeof big - 2, "\r\n", 2);
+    for (int i = 0; i < 24; i++)
+        assert_int_equal(commit_msg(big, rc, 1, id), 0);
+    last_segment(seg, sizeof seg, &recs);
+    assert_true(recs.end > 1536u * 1024);
+    assert_true(recs.zero_tail >= 512u * 1024);
+    queue_close();
+
+    /* the next start writes a new segment; the old one keeps its zeros and is clean */
+    reset_events();
+    P.segment_max = 4096; /* and from now on every batch goes to a new segment */
+    open_q();
+    assert_non_null(queue_find(first));
+    assert_non_null(queue_find(id));
+    assert_int_equal(count_files(".damaged"), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(commit_msg(big, rc, 1, id), 0);
+    queue_close();
+    /* a rotation trims the zeros of the segment it leaves; the newest keeps them */
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/queue", spool);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    assert_true(dfd >= 0);
+    uint32_t *seqs;
+    size_t n;
+    assert_int_equal(spool_list(dfd, &seqs, &n), 0);
+    assert_true(n >= 4);
+    for (size_t i = 1; i < n; i++) { /* [0] is the first run's, left with its zeros */
+        char name[64];
+        spool_seg_name(name, sizeof name, seqs[i]);
+        int fd = openat(dfd, name, O_RDONLY);
+        assert_true(fd >= 0);
+        struct recs r = {0};
+        struct spool_scan sc;
+        assert_int_equal(spool_scan(fd, seqs[i], false, collect, &r, &sc), 0);
+        assert_false(sc.damaged);
+        if (i + 1 < n)
+            assert_int_equal(sc.zero_tail, 0);
+        else
+            assert_true(sc.zero_tail > 0);
+        close(fd);
+    }
+    free(seqs);
+    close(dfd);
+    reset_events();
+    open_q();
+    assert_non_null(queue_find(first));
+    assert_non_null(queue_find(id));
+    assert_int_equal(count_files(".damaged"), 0);
+    queue_close();
 }
 
 static bool damaged_file_exists(void)
@@ -1526,6 +1622,7 @@ int main(void)
         T_(test_crash_copies),
         T_(test_truncated_tail),
         T_(test_zero_tail),
+        T_(test_zeros_ahead_of_records),
         T_(test_garbage_tail),
         T_(test_damaged_record),
         T_(test_failure_dsn_ordering),
