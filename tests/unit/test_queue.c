@@ -1072,8 +1072,8 @@ static void test_zeros_ahead_of_records(void **state)
     assert_only_zeros_from(seg, (off_t)recs.end);
     /* ~1.5 MiB of messages: the zeros are topped up, never run out for long */
     static char big[64 * 1024];
-    memset(big, 'z', sizeof big - 2);
-    memcpy(big + sizeof big - 2, "\r\n", 2);
+    memset(big, 'z', sizeof big - 3);
+    memcpy(big + sizeof big - 3, "\r\n", 3); /* and the NUL: commit_msg takes a string */
     for (int i = 0; i < 24; i++)
         assert_int_equal(commit_msg(big, rc, 1, id), 0);
     last_segment(seg, sizeof seg, &recs);
