@@ -910,16 +910,23 @@ static void collect(void *arg, const struct spool_rec *r)
     }
 }
 
+/* The spool's queue folder (open; the caller closes it) and its segments, oldest first. */
+static int list_segments(char *dir, size_t cap, uint32_t **seqs, size_t *n)
+{
+    snprintf(dir, cap, "%s/queue", spool);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    assert_true(dfd >= 0);
+    assert_int_equal(spool_list(dfd, seqs, n), 0);
+    return dfd;
+}
+
 /* The newest segment file of the spool, and its records. */
 static void last_segment(char *path, size_t cap, struct recs *out)
 {
     char dir[600];
-    snprintf(dir, sizeof dir, "%s/queue", spool);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-    assert_true(dfd >= 0);
     uint32_t *seqs;
     size_t n;
-    assert_int_equal(spool_list(dfd, &seqs, &n), 0);
+    int dfd = list_segments(dir, sizeof dir, &seqs, &n);
     assert_true(n > 0);
     char name[64];
     spool_seg_name(name, sizeof name, seqs[n - 1]);
@@ -1093,12 +1100,9 @@ static void test_zeros_ahead_of_records(void **state)
     queue_close();
     /* a rotation trims the zeros of the segment it leaves; the newest keeps them */
     char dir[600];
-    snprintf(dir, sizeof dir, "%s/queue", spool);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
-    assert_true(dfd >= 0);
     uint32_t *seqs;
     size_t n;
-    assert_int_equal(spool_list(dfd, &seqs, &n), 0);
+    int dfd = list_segments(dir, sizeof dir, &seqs, &n);
     assert_true(n >= 4);
     for (size_t i = 1; i < n; i++) { /* [0] is the first run's, left with its zeros */
         char name[64];
