@@ -3,6 +3,7 @@ privilege drop, SIGTERM, SIGHUP reloads (good and bad), and logging."""
 import os
 import pathlib
 import pwd
+import shutil
 import signal
 import subprocess
 import time
@@ -154,6 +155,10 @@ def test_second_daemon_on_same_spool_refused(ternd):
     # point it at the running daemon's spool
     text = text.replace("spool = spool", f"spool = {ternd.spool}")
     other.conf.write_text(text)
-    with pytest.raises(RuntimeError):
-        other.start(timeout=5)
-    assert other.proc.returncode != 0
+    try:
+        with pytest.raises(RuntimeError):
+            other.start(timeout=5)
+        assert other.proc.returncode != 0
+        assert "another ternd is running" in other.log()
+    finally:
+        shutil.rmtree(other.dir, ignore_errors=True)
