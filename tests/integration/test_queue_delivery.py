@@ -202,16 +202,22 @@ def crash_ids(t):
     return ids
 
 
-def test_crash_kill9_loses_nothing_acknowledged(make_ternd):
-    t = make_ternd()
+def load_until(t, per_session, tag, acknowledged):
+    """20 sessions sending per_session messages each; returns once `acknowledged` of them got
+    their 250 (or after a minute), with the senders still running and the set they fill."""
     accepted, lock = set(), threading.Lock()
-    senders = [Sender(t.smtp_port, 150, f"s{k}", accepted, lock) for k in range(20)]
+    senders = [Sender(t.smtp_port, per_session, f"{tag}{k}", accepted, lock) for k in range(20)]
     for s in senders:
         s.start()
-    # kill -9 in the middle of the load
     deadline = time.time() + 60
-    while len(accepted) < 1500 and time.time() < deadline:
+    while len(accepted) < acknowledged and time.time() < deadline:
         time.sleep(0.02)
+    return senders, accepted
+
+
+def test_crash_kill9_loses_nothing_acknowledged(make_ternd):
+    t = make_ternd()
+    senders, accepted = load_until(t, 150, "s", 1500)  # the middle of 3,000 messages
     t.kill9()
     for s in senders:
         s.join(30)
@@ -238,13 +244,7 @@ def test_crash_kill9_loses_nothing_acknowledged(make_ternd):
 
 def test_sigterm_under_load_exits_cleanly_and_keeps_everything(make_ternd):
     t = make_ternd(extra="shutdown_timeout = 20s")
-    accepted, lock = set(), threading.Lock()
-    senders = [Sender(t.smtp_port, 100, f"t{k}", accepted, lock) for k in range(20)]
-    for s in senders:
-        s.start()
-    deadline = time.time() + 60
-    while len(accepted) < 500 and time.time() < deadline:
-        time.sleep(0.02)
+    senders, accepted = load_until(t, 100, "t", 500)
     t.proc.send_signal(signal.SIGTERM)
     assert t.proc.wait(60) == 0
     for s in senders:

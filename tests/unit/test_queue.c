@@ -1,4 +1,4 @@
-/* LDWRAP: -Wl,--wrap=fdatasync,--wrap=writev */
+/* LDWRAP: -Wl,--wrap=fdatasync,--wrap=writev,--wrap=pwrite */
 /*
  * test_queue: the durable queue (queue/queue, spool, draft) driven with a real event loop in
  * a temporary folder: commit and immediate dispatch, delivery reports and the retry
@@ -46,7 +46,21 @@ int __wrap_fdatasync(int fd);
 ssize_t __real_writev(int fd, const struct iovec *iov, int n);
 ssize_t __wrap_writev(int fd, const struct iovec *iov, int n);
 
-static _Atomic int fail_fdatasync, fail_writev; /* how many of the next calls fail */
+ssize_t __real_pwrite(int fd, const void *p, size_t n, off_t off);
+ssize_t __wrap_pwrite(int fd, const void *p, size_t n, off_t off);
+
+/* how many of the next calls fail (pwrite: only spool's zeros ahead of the records use it) */
+static _Atomic int fail_fdatasync, fail_writev, fail_pwrite;
+
+ssize_t __wrap_pwrite(int fd, const void *p, size_t n, off_t off)
+{
+    if (atomic_load(&fail_pwrite) > 0) {
+        atomic_fetch_sub(&fail_pwrite, 1);
+        errno = ENOSPC;
+        return -1;
+    }
+    return __real_pwrite(fd, p, n, off);
+}
 
 int __wrap_fdatasync(int fd)
 {
@@ -234,6 +248,7 @@ static int setup(void **state)
     reset_events();
     atomic_store(&fail_fdatasync, 0);
     atomic_store(&fail_writev, 0);
+    atomic_store(&fail_pwrite, 0);
     return 0;
 }
 
@@ -1129,6 +1144,32 @@ static void test_zeros_ahead_of_records(void **state)
     queue_close();
 }
 
+/* A disk too full for the zeros: segments are still made and records still committed
+ * (the zeros are a speed-up only), and recovery finds every message. */
+static void test_zeros_ahead_disk_full(void **state)
+{
+    atomic_store(&fail_pwrite, 1000000);
+    open_q(); /* the first segment: its zeros fail, it is made without them */
+    const char *rc[] = {"a@x"};
+    char ids[3][QID_MAX];
+    for (int i = 0; i < 3; i++) /* every batch tries to top the zeros up, and fails */
+        assert_int_equal(commit_msg("no zeros\r\n", rc, 1, ids[i]), 0);
+    assert_true(atomic_load(&fail_pwrite) < 1000000 - 3);
+    char seg[700];
+    struct recs recs;
+    last_segment(seg, sizeof seg, &recs);
+    assert_int_equal(recs.zero_tail, 0);
+    assert_int_equal(file_size(seg), (off_t)recs.end);
+    queue_close();
+    atomic_store(&fail_pwrite, 0);
+    reset_events();
+    open_q();
+    for (int i = 0; i < 3; i++)
+        assert_non_null(queue_find(ids[i]));
+    assert_int_equal(count_files(".damaged"), 0);
+    queue_close();
+}
+
 static bool damaged_file_exists(void)
 {
     return count_files(".damaged") > 0;
@@ -1627,6 +1668,7 @@ int main(void)
         T_(test_truncated_tail),
         T_(test_zero_tail),
         T_(test_zeros_ahead_of_records),
+        T_(test_zeros_ahead_disk_full),
         T_(test_garbage_tail),
         T_(test_damaged_record),
         T_(test_failure_dsn_ordering),
