@@ -251,6 +251,19 @@ static struct queue_params queue_params_of(const struct conf *c)
     return p;
 }
 
+/* tern-sendmail reads ternd.conf for every local user: a password written in it is
+ * theirs to read when the file is world-readable. */
+static void warn_readable_password(const struct conf *c)
+{
+    struct stat st;
+    if (c->relayhost_password != NULL && c->relayhost_password_file == NULL &&
+        stat(c->path, &st) == 0 && (st.st_mode & S_IROTH))
+        log_printf(LOG_LVL_WARN,
+                   "event=config.warning key=relayhost_password note=\"%s is readable by every "
+                   "local user; move the password to relayhost_password_file\"",
+                   c->path);
+}
+
 static void on_reload(int signo, void *arg)
 {
     char err[1024];
@@ -263,6 +276,7 @@ static void on_reload(int signo, void *arg)
         log_end(&l);
         return;
     }
+    warn_readable_password(fresh);
     if (strcmp(fresh->spool, d.conf->spool) != 0 || strcmp(fresh->user, d.conf->user) != 0)
         log_printf(LOG_LVL_WARN,
                    "event=reload.ignored keys=\"spool user\" note=\"these need a restart\"");
@@ -376,6 +390,7 @@ int main(int argc, char **argv)
     d.sig_hup = sigwatch_new(SIGHUP, on_reload, NULL);
     log_printf(LOG_LVL_INFO, "event=start version=%s pid=%ld uid=%u", TERN_VERSION,
                (long)getpid(), (unsigned)getuid());
+    warn_readable_password(d.conf);
 
     if (loop_run() != 0)
         log_printf(LOG_LVL_ERROR, "event=loop_failed");

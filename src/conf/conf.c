@@ -11,6 +11,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -19,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -96,6 +98,7 @@ static const struct key_def top_keys[] = {
     {"relayhost", K_HOSTPORT, TOP(relayhost), NULL, NOLIM, false},
     {"relayhost_user", K_STR, TOP(relayhost_user), NULL, NOLIM, false},
     {"relayhost_password", K_STR, TOP(relayhost_password), NULL, NOLIM, false},
+    {"relayhost_password_file", K_PATH, TOP(relayhost_password_file), NULL, NOLIM, false},
     {"smtp_tls", K_TLS_POLICY, TOP(smtp_tls), "may", NOLIM, false},
     {"smtp_connect_timeout", K_DURATION, TOP(smtp_connect_timeout_ms), "30s", 1000, 600000,
      false},
@@ -672,6 +675,46 @@ static bool load_tables(struct conf *c, unsigned flags, char *err, size_t errlen
     return true;
 }
 
+/* The smarthost password from relayhost_password_file: one line (a final newline is not
+ * part of it), at most RELAYHOST_PASSWORD_MAX bytes, in a regular file. */
+_Static_assert(RELAYHOST_PASSWORD_MAX == 1024, "the error below names the limit");
+static bool load_password_file(struct conf *c, char *err, size_t errlen)
+{
+    const char *path = c->relayhost_password_file;
+    char buf[RELAYHOST_PASSWORD_MAX + 3];
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    struct stat st;
+    ssize_t n = -1;
+    const char *why = NULL;
+    if (fd < 0 || fstat(fd, &st) != 0)
+        why = strerror(errno);
+    else if (!S_ISREG(st.st_mode))
+        why = "not a regular file";
+    else if ((n = read(fd, buf, sizeof buf)) < 0)
+        why = strerror(errno);
+    if (fd >= 0)
+        close(fd);
+    size_t len = n > 0 ? (size_t)n : 0;
+    if (why == NULL && len > 0 && buf[len - 1] == '\n')
+        len--;
+    if (why == NULL && len > 0 && buf[len - 1] == '\r')
+        len--;
+    if (why == NULL && len == 0)
+        why = "empty";
+    else if (why == NULL && len > RELAYHOST_PASSWORD_MAX)
+        why = "longer than 1024 bytes (RELAYHOST_PASSWORD_MAX)";
+    else if (why == NULL && (memchr(buf, '\n', len) || memchr(buf, '\r', len) || memchr(buf, 0, len)))
+        why = "more than one line, or a NUL byte";
+    if (why != NULL) {
+        explicit_bzero(buf, sizeof buf);
+        snprintf(err, errlen, "%s: relayhost_password_file: %s: %s", c->path, path, why);
+        return false;
+    }
+    c->relayhost_password = xstrndup(buf, len);
+    explicit_bzero(buf, sizeof buf);
+    return true;
+}
+
 static bool finish(struct conf *c, unsigned flags, char *err, size_t errlen)
 {
     if (c->hostname == NULL) {
@@ -721,10 +764,24 @@ static bool finish(struct conf *c, unsigned flags, char *err, size_t errlen)
                 return false;
             }
     }
-    if ((c->relayhost_user == NULL) != (c->relayhost_password == NULL)) {
-        snprintf(err, errlen, "%s: relayhost_user and relayhost_password go together", c->path);
+    if (c->relayhost_password != NULL && c->relayhost_password_file != NULL) {
+        snprintf(err, errlen,
+                 "%s: relayhost_password and relayhost_password_file: set one, not both",
+                 c->path);
         return false;
     }
+    if ((c->relayhost_user == NULL) !=
+        (c->relayhost_password == NULL && c->relayhost_password_file == NULL)) {
+        snprintf(err, errlen,
+                 "%s: relayhost_user and relayhost_password (or relayhost_password_file) go "
+                 "together",
+                 c->path);
+        return false;
+    }
+    /* tern-sendmail (CONF_SKIP_TABLES) never needs it, and need not be able to read it */
+    if (c->relayhost_password_file != NULL && !(flags & CONF_SKIP_TABLES) &&
+        !load_password_file(c, err, errlen))
+        return false;
     return load_tables(c, flags, err, errlen);
 }
 
@@ -821,7 +878,10 @@ void conf_unref(struct conf *c)
                         &c->spool,          &c->user,       &c->pidfile,
                         &c->control_socket, &c->recipient_delimiter, &c->postmaster,
                         &c->dns,            &c->relayhost,  &c->relayhost_user,
-                        &c->relayhost_password, &c->tls_cert, &c->tls_key};
+                        &c->relayhost_password, &c->relayhost_password_file,
+                        &c->tls_cert,       &c->tls_key};
+    if (c->relayhost_password != NULL)
+        explicit_bzero(c->relayhost_password, strlen(c->relayhost_password));
     for (size_t i = 0; i < ARRAY_LEN(strings); i++)
         free(*strings[i]);
     cidr_list_free(&c->session_limit_exceptions);

@@ -93,7 +93,8 @@ struct conf {
     unsigned mx_port;
     char *relayhost; /* "host:port" or NULL */
     char *relayhost_user;
-    char *relayhost_password;
+    char *relayhost_password; /* from relayhost_password or read from the file below */
+    char *relayhost_password_file;
     enum tls_policy smtp_tls;
     uint64_t smtp_connect_timeout_ms;
     unsigned max_outbound;
@@ -123,9 +124,11 @@ struct conf {
 /* Load and validate; NULL with "FILE:LINE: reason" in err. */
 struct conf *conf_load(const char *path, char *err, size_t errlen);
 /* The same, for tools run by any local user (tern-sendmail, ternctl): the users and aliases
- * files (which hold password hashes and may be private) are not read; every domain gets
- * empty tables. */
+ * files (which hold password hashes and may be private) and relayhost_password_file are not
+ * read; every domain gets empty tables and relayhost_password stays NULL (unless written
+ * in the file itself). */
 #define CONF_SKIP_TABLES 1u
+#define RELAYHOST_PASSWORD_MAX 1024
 struct conf *conf_load_opts(const char *path, unsigned flags, char *err, size_t errlen);
 void conf_ref(struct conf *c);
 void conf_unref(struct conf *c);

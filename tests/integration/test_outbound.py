@@ -355,6 +355,29 @@ def test_smarthost_with_auth(outbound, peers, port, certdir):
     assert got[0]["auth"] is True
     assert p.auth_seen and p.auth_seen[0][1] is True and p.auth_seen[0][2] is True
     assert "relaypass" not in t.log()
+    # the configuration file is world-readable here: ternd says where the password belongs
+    assert os.stat(t.conf).st_mode & 0o004
+    assert "move the password to relayhost_password_file" in t.log()
+
+
+def test_smarthost_password_from_a_file(outbound, peers, port, certdir):
+    """relayhost_password_file: the secret stays out of ternd.conf (which tern-sendmail and
+    so every local user reads) and out of the log."""
+    cert, key = make_cert(certdir, "smarthost.example")
+    p = peers(CapturePeer, "127.0.0.8", port, name="smarthost.example", tls=(cert, key),
+              auth=("relayuser", "file secret"))
+    secret = pathlib.Path(certdir) / "relay-pass"
+    secret.write_text("file secret\n")
+    secret.chmod(0o600)
+    t = outbound(extra=f"relayhost = [smarthost.example]:{port}\nrelayhost_user = relayuser\n"
+                       f"relayhost_password_file = {secret}")
+    send(t, "far@elsewhere.example", subject="password from a file")
+    got = p.wait_messages(1)
+    assert got[0]["rcpt_tos"] == ["far@elsewhere.example"]
+    assert got[0]["auth"] is True
+    assert p.auth_seen and p.auth_seen[0][1] is True and p.auth_seen[0][2] is True
+    assert "file secret" not in t.log()
+    assert "move the password" not in t.log()
 
 
 def test_success_notify_to_a_peer_without_dsn_reports_relayed(outbound, peers, port):

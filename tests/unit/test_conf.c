@@ -288,6 +288,83 @@ static void test_table_errors(void **state)
     aliases_free(a);
 }
 
+/* relayhost_password_file: read by ternd, never by the tools local users run */
+static void test_relayhost_password_file(void **state)
+{
+    char err[512] = "";
+    char text[2048];
+    const char *head = "relayhost = [192.0.2.1]:587\nrelayhost_user = relay\n";
+    write_file("relay-pass", "s3cret pass\n");
+    snprintf(text, sizeof text, "%srelayhost_password_file = relay-pass\n%s", head, contract);
+    struct conf *c = load(text, err, sizeof err);
+    if (c == NULL)
+        fail_msg("%s", err);
+    assert_string_equal(c->relayhost_password, "s3cret pass");
+    conf_unref(c);
+
+    /* tern-sendmail does not read it, so it need not be readable by local users */
+    write_file("t.conf", text);
+    char path[512];
+    snprintf(path, sizeof path, "%s/t.conf", dir);
+    snprintf(err, sizeof err, "%s/relay-pass", dir);
+    assert_int_equal(unlink(err), 0);
+    c = conf_load_opts(path, CONF_SKIP_TABLES, err, sizeof err);
+    assert_non_null(c);
+    assert_null(c->relayhost_password);
+    conf_unref(c);
+    assert_null(load(text, err, sizeof err));
+    assert_non_null(strstr(err, "relayhost_password_file"));
+    assert_non_null(strstr(err, "relay-pass: No such file"));
+
+    struct {
+        const char *content; /* NULL: a directory */
+        const char *why;
+    } bad[] = {
+        {"", "empty"},
+        {"\n", "empty"},
+        {"one\ntwo\n", "more than one line"},
+        {NULL, "not a regular file"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "pass%zu", i);
+        if (bad[i].content) {
+            write_file(name, bad[i].content);
+        } else {
+            snprintf(path, sizeof path, "%s/%s", dir, name);
+            assert_int_equal(mkdir(path, 0700), 0);
+        }
+        snprintf(text, sizeof text, "%srelayhost_password_file = %s\n%s", head, name, contract);
+        assert_null(load(text, err, sizeof err));
+        if (strstr(err, bad[i].why) == NULL)
+            fail_msg("%s: \"%s\" not in: %s", name, bad[i].why, err);
+    }
+    char big[RELAYHOST_PASSWORD_MAX + 2];
+    memset(big, 'p', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    write_file("big", big);
+    snprintf(text, sizeof text, "%srelayhost_password_file = big\n%s", head, contract);
+    assert_null(load(text, err, sizeof err));
+    assert_non_null(strstr(err, "longer than 1024"));
+    big[RELAYHOST_PASSWORD_MAX] = '\n'; /* exactly the limit, then a newline: fine */
+    write_file("big", big);
+    c = load(text, err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(strlen(c->relayhost_password), RELAYHOST_PASSWORD_MAX);
+    conf_unref(c);
+
+    /* one of the two, and never without the user */
+    snprintf(text, sizeof text,
+             "%srelayhost_password = x\nrelayhost_password_file = relay-pass\n%s", head,
+             contract);
+    assert_null(load(text, err, sizeof err));
+    assert_non_null(strstr(err, "set one, not both"));
+    write_file("relay-pass", "s3cret\n");
+    snprintf(text, sizeof text, "relayhost_password_file = relay-pass\n%s", contract);
+    assert_null(load(text, err, sizeof err));
+    assert_non_null(strstr(err, "go together"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -297,6 +374,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_long_line_and_inline_comment, setup, teardown),
         cmocka_unit_test_setup_teardown(test_values_and_units, setup, teardown),
         cmocka_unit_test_setup_teardown(test_table_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relayhost_password_file, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
