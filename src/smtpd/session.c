@@ -272,16 +272,14 @@ static void process_line(struct session *s, const char *p, size_t n, bool crlf)
         auth_line(s, p, n);
         return;
     }
-    if (n + 2 > SMTP_AUTH_LINE_MAX) {
-        replyf(s, 500, "5.5.2", "Line too long (the limit is %d octets)", SMTP_LINE_MAX);
-        return;
-    }
     size_t vlen = 0;
     while (vlen < n && p[vlen] != ' ')
         vlen++;
     bool is_auth = vlen == 4 && strncasecmp(p, "AUTH", 4) == 0;
-    if (n + 2 > SMTP_LINE_MAX && !is_auth) {
-        replyf(s, 500, "5.5.2", "Line too long (the limit is %d octets)", SMTP_LINE_MAX);
+    /* AUTH may carry an initial response, so its line may be longer (RFC 4954 section 4) */
+    int limit = is_auth ? SMTP_AUTH_LINE_MAX : SMTP_LINE_MAX;
+    if (n + 2 > (size_t)limit) {
+        replyf(s, 500, "5.5.2", "Line too long (the limit is %d octets)", limit);
         return;
     }
     if (has_control_chars(p, n)) {

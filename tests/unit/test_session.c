@@ -301,6 +301,20 @@ static void test_long_line_and_control_chars(void **state)
     memcpy(line + 600, "\r\n", 3);
     expect(s, line, "500 5.5.2");
     expect(s, "NOOP\r\n", "250 2.0.0"); /* still usable */
+    /* AUTH lines may be longer (an initial response), up to their own limit */
+    static char auth[SMTP_AUTH_LINE_MAX + 8];
+    memset(auth, 'A', SMTP_AUTH_LINE_MAX);
+    memcpy(auth, "AUTH PLAIN ", 11);
+    memcpy(auth + SMTP_AUTH_LINE_MAX - 1, "\r\n", 3);
+    feed(s, auth);
+    char want[80];
+    snprintf(want, sizeof want, "500 5.5.2 Line too long (the limit is %d octets)\r\n",
+             SMTP_AUTH_LINE_MAX);
+    assert_string_equal(take(), want);
+    snprintf(want, sizeof want, "500 5.5.2 Line too long (the limit is %d octets)\r\n",
+             SMTP_LINE_MAX);
+    feed(s, line);
+    assert_string_equal(take(), want);
     /* a line longer than every buffer, in pieces */
     static char huge[40000];
     memset(huge, 'y', sizeof huge);
