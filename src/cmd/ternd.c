@@ -100,6 +100,12 @@ static void check_tls(const struct conf *c)
             die("%s:%u: [listen %s]: %s", c->path, l->line, l->name, err);
         tls_ctx_unref(t);
     }
+    if (c->smtp_tls_ca_file != NULL) {
+        struct tls_ctx *t = tls_client_ctx_new(c->smtp_tls_ca_file, err, sizeof err);
+        if (t == NULL)
+            die("%s: smtp_tls_ca_file: %s", c->path, err);
+        tls_ctx_unref(t);
+    }
 }
 
 static void setup_logging(const struct conf *c)

@@ -100,6 +100,7 @@ static const struct key_def top_keys[] = {
     {"relayhost_password", K_STR, TOP(relayhost_password), NULL, NOLIM, false},
     {"relayhost_password_file", K_PATH, TOP(relayhost_password_file), NULL, NOLIM, false},
     {"smtp_tls", K_TLS_POLICY, TOP(smtp_tls), "may", NOLIM, false},
+    {"smtp_tls_ca_file", K_PATH, TOP(smtp_tls_ca_file), NULL, NOLIM, false},
     {"smtp_connect_timeout", K_DURATION, TOP(smtp_connect_timeout_ms), "30s", 1000, 600000,
      false},
     {"max_outbound", K_UINT, TOP(max_outbound), "200", 1, 100000, false},
@@ -879,7 +880,7 @@ void conf_unref(struct conf *c)
                         &c->control_socket, &c->recipient_delimiter, &c->postmaster,
                         &c->dns,            &c->relayhost,  &c->relayhost_user,
                         &c->relayhost_password, &c->relayhost_password_file,
-                        &c->tls_cert,       &c->tls_key};
+                        &c->smtp_tls_ca_file, &c->tls_cert, &c->tls_key};
     if (c->relayhost_password != NULL)
         explicit_bzero(c->relayhost_password, strlen(c->relayhost_password));
     for (size_t i = 0; i < ARRAY_LEN(strings); i++)

@@ -96,6 +96,7 @@ struct conf {
     char *relayhost_password; /* from relayhost_password or read from the file below */
     char *relayhost_password_file;
     enum tls_policy smtp_tls;
+    char *smtp_tls_ca_file; /* outbound trust store (PEM); NULL: the system's */
     uint64_t smtp_connect_timeout_ms;
     unsigned max_outbound;
     unsigned max_outbound_per_destination;

@@ -1018,7 +1018,7 @@ void remote_init(struct conf *c)
     R.later_timer = timer_new(on_later, NULL);
     R.kick_timer = timer_new(on_kick, NULL);
     char err[256];
-    R.tls = tls_client_ctx_new(NULL, err, sizeof err);
+    R.tls = tls_client_ctx_new(c->smtp_tls_ca_file, err, sizeof err);
     if (R.tls == NULL) {
         struct logline l;
         log_begin(&l, LOG_LVL_WARN, "deliver.remote.tls_unavailable");
@@ -1030,6 +1030,24 @@ void remote_init(struct conf *c)
 
 void remote_set_conf(struct conf *c)
 {
+    if (c->smtp_tls_ca_file != NULL || R.conf->smtp_tls_ca_file != NULL) {
+        /* read again even under the same name: the file may have been replaced. Sessions
+         * under way keep the store they started with (each holds its own reference). */
+        char err[256];
+        struct tls_ctx *fresh = tls_client_ctx_new(c->smtp_tls_ca_file, err, sizeof err);
+        if (fresh != NULL) {
+            if (R.tls != NULL)
+                tls_ctx_unref(R.tls);
+            R.tls = fresh;
+        } else {
+            struct logline l;
+            log_begin(&l, LOG_LVL_ERROR, "reload.failed");
+            log_str(&l, "key", "smtp_tls_ca_file");
+            log_str(&l, "error", err);
+            log_str(&l, "note", "keeping the outbound trust store in use");
+            log_end(&l);
+        }
+    }
     conf_ref(c);
     conf_unref(R.conf);
     R.conf = c;

@@ -52,6 +52,13 @@ def test_check_bad_certificate(make_ternd):
     assert "nope.pem" in r.stderr
 
 
+def test_check_bad_outbound_trust_file(make_ternd):
+    t = make_ternd(start=False, extra="smtp_tls_ca_file = no-such-ca.pem")
+    r = run_check(t.conf)
+    assert r.returncode != 0
+    assert "smtp_tls_ca_file" in r.stderr and "no-such-ca.pem" in r.stderr
+
+
 def test_daemonizes_with_pidfile_and_syslog(make_ternd):
     t = make_ternd(start=False)
     text = t.config_text().replace("log = stderr\n", "log = syslog\n")

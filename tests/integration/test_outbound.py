@@ -422,6 +422,33 @@ def test_tls_verify_policy(outbound, peers, port, certdir, monkeypatch):
     assert "result=sent" in wait_deliver_line(t2, "user@verify.example", "result=sent")
 
 
+def test_tls_verify_with_own_trust_file(outbound, peers, port, certdir):
+    """smtp_tls_ca_file: a private CA (here the peer's own certificate) instead of the
+    system's trust store; read again on SIGHUP."""
+    cert, key = make_cert(certdir, "mx.tls.example")
+    other, _ = make_cert(certdir, "someone.else.example")
+    p = peers(CapturePeer, "127.0.0.7", port, name="mx.tls.example", tls=(cert, key))
+    strict = f"\n[transport verify.example]\nnexthop = [mx.tls.example]:{port}\ntls = verify\n"
+    trust = certdir / "trust.pem"
+    shutil.copy(other, trust)
+    t = outbound(domains=strict, extra=f"smtp_tls_ca_file = {trust}")
+    send(t, "first@verify.example")
+    line = wait_deliver_line(t, "first@verify.example", "result=deferred")
+    assert "status=4.7.5" in line
+    assert p.messages == []
+    # the operator puts the right CA in place and reloads: the retry goes out verified
+    shutil.copy(cert, trust)
+    t.reload()
+    deadline = time.monotonic() + 10
+    while "event=reload.done" not in t.log():
+        assert time.monotonic() < deadline, "no reload"
+        time.sleep(0.05)
+    send(t, "second@verify.example")
+    assert "result=sent" in wait_deliver_line(t, "second@verify.example", "result=sent")
+    got = [m for m in p.messages if m["rcpt_tos"] == ["second@verify.example"]]
+    assert len(got) == 1 and got[0]["tls"] is True
+
+
 def test_failed_handshake_under_may_retries_in_plaintext(outbound, peers, port, certdir):
     import ssl
     cert, key = make_cert(certdir, "mx.tls.example")
