@@ -704,7 +704,8 @@ static bool load_password_file(struct conf *c, char *err, size_t errlen)
         why = "empty";
     else if (why == NULL && len > RELAYHOST_PASSWORD_MAX)
         why = "longer than 1024 bytes (RELAYHOST_PASSWORD_MAX)";
-    else if (why == NULL && (memchr(buf, '\n', len) || memchr(buf, '\r', len) || memchr(buf, 0, len)))
+    else if (why == NULL &&
+             (memchr(buf, '\n', len) || memchr(buf, '\r', len) || memchr(buf, 0, len)))
         why = "more than one line, or a NUL byte";
     if (why != NULL) {
         explicit_bzero(buf, sizeof buf);
