@@ -13,7 +13,7 @@
 
 BUILD ?= release
 CC ?= cc
-PKGS := libevent libevent_openssl libevent_pthreads openssl inih libunbound libcrypt
+PKGS := libevent libevent_openssl libevent_pthreads openssl inih libunbound libcrypt libidn2
 
 ifeq ($(BUILD),release)
   B := build

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lib/idna.h"
 #include "lib/strutil.h"
 
 const char *route_kind_name(enum route_kind k)
@@ -86,6 +87,12 @@ bool route_for_domain(const struct conf *c, const char *domain, struct route *ou
                       size_t errlen)
 {
     memset(out, 0, sizeof *out);
+    /* SMTPUTF8 mail may name a domain in UTF-8; DNS and [transport] keys know it by its
+     * A-labels. A name IDNA refuses still goes to a relayhost, which may know better. */
+    char alabels[ROUTE_NAME_MAX], idna_why[128] = "";
+    if (idna_is_utf8_name(domain) &&
+        idna_to_ascii(domain, alabels, sizeof alabels, idna_why, sizeof idna_why) == 0)
+        domain = alabels;
     const struct transport_conf *t = conf_find_transport(c, domain);
     if (t != NULL) {
         out->kind = ROUTE_TRANSPORT;
@@ -135,6 +142,10 @@ bool route_for_domain(const struct conf *c, const char *domain, struct route *ou
         snprintf(out->name, sizeof out->name, "%s", lit);
         out->literal = true;
     } else {
+        if (idna_why[0] != '\0') {
+            snprintf(err, errlen, "bad domain name (%s)", idna_why);
+            return false;
+        }
         if (!valid_name(domain)) {
             snprintf(err, errlen, "bad domain name");
             return false;

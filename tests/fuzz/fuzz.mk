@@ -17,7 +17,7 @@ FUZZ_MAX_LEN ?= 4096
 FB ?= build/fuzz
 
 # Keep these two in step with the main Makefile (PKGS, LIB_SRCS).
-PKGS := libevent libevent_openssl libevent_pthreads openssl inih libunbound libcrypt
+PKGS := libevent libevent_openssl libevent_pthreads openssl inih libunbound libcrypt libidn2
 LIB_SRCS := $(sort $(wildcard src/lib/*.c src/mail/*.c src/conf/*.c src/table/*.c \
               src/queue/*.c src/smtpd/*.c src/deliver/*.c src/control/*.c))
 

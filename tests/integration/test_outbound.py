@@ -59,6 +59,7 @@ RECORDS = [
     "v6.example. IN AAAA ::1",
     "bin.example. IN MX 10 mx.bin.example.",
     "mx.bin.example. IN A 127.0.0.14",
+    "xn--bcher-kva.example. IN MX 10 mx.peer.example.",  # bücher.example
 ]
 
 ALL_HOSTS = ["127.0.0.%d" % i for i in range(2, 15)]
@@ -390,6 +391,28 @@ def test_success_notify_to_a_peer_without_dsn_reports_relayed(outbound, peers, p
     msg, text = dsn_report(t)
     assert "Action: relayed" in text
     assert re.search(r"Final-Recipient: rfc822; ?tracked@peer\.example", text)
+
+
+def test_utf8_domain_is_looked_up_by_its_a_labels(outbound, peers, port):
+    """RFC 6531 mail to a domain written in UTF-8: DNS knows it as xn--bcher-kva.example
+    (IDNA2008); the peer gets the address as the sender wrote it."""
+    p = peers(CapturePeer, "127.0.0.13", port, name="mx.peer.example", smtputf8=True)
+    t = outbound()
+    send(t, "leser@b\u00fccher.example", subject="idna", mail_options=["SMTPUTF8"])
+    got = p.wait_messages(1)
+    assert got[0]["rcpt_tos"] == ["leser@b\u00fccher.example"]
+    sent = [line for line in deliver_lines(t) if "result=sent" in line]
+    assert len(sent) == 1 and "relay=mx.peer.example[127.0.0.13]" in sent[0], sent
+
+
+def test_utf8_domain_idna_refuses_bounces(outbound, peers, port):
+    """A UTF-8 domain IDNA2008 does not allow (a snowman) cannot be looked up: it fails at
+    once (5.1.2) instead of waiting out the queue lifetime."""
+    t = outbound()
+    send(t, "x@\u2603.example", subject="snowman", mail_options=["SMTPUTF8"])
+    msg, text = dsn_report(t)
+    assert "Status: 5.1.2" in text
+    assert "IDNA" in text
 
 
 def test_smtputf8_message_to_a_peer_without_it_bounces(outbound, peers, port):

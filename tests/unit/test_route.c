@@ -66,7 +66,40 @@ static void test_mx_route(void **state)
     assert_false(route_for_domain(&C, "bad domain", &r, err, sizeof err));
     assert_false(route_for_domain(&C, "a..b", &r, err, sizeof err));
     assert_false(route_for_domain(&C, "", &r, err, sizeof err));
-    assert_false(route_for_domain(&C, "j\xc3\xb6rg.example", &r, err, sizeof err));
+}
+
+/* SMTPUTF8 domains are looked up by their A-labels (IDNA2008 + UTS #46) */
+static void test_idna(void **state)
+{
+    struct route r;
+    char err[200];
+    assert_true(route_for_domain(&C, "J\xc3\xb6rg.Example", &r, err, sizeof err));
+    assert_int_equal(r.kind, ROUTE_MX);
+    assert_true(r.mx_lookup);
+    assert_string_equal(r.name, "xn--jrg-sna.example");
+    /* the same name decomposed (o + combining diaeresis) is the same domain */
+    struct route r2;
+    assert_true(route_for_domain(&C, "jo\xcc\x88rg.example", &r2, err, sizeof err));
+    assert_string_equal(r2.key, r.key);
+    /* not UTF-8; a symbol IDNA2008 does not allow: permanent (kind MX) */
+    assert_false(route_for_domain(&C, "j\xffrg.example", &r, err, sizeof err));
+    assert_int_equal(r.kind, ROUTE_MX);
+    assert_non_null(strstr(err, "IDNA"));
+    assert_false(route_for_domain(&C, "\xe2\x98\x83.example", &r, err, sizeof err));
+    assert_non_null(strstr(err, "IDNA"));
+    /* a relayhost takes even those: the smarthost may know better */
+    C.relayhost = "relay.example:25";
+    assert_true(route_for_domain(&C, "\xe2\x98\x83.example", &r, err, sizeof err));
+    assert_int_equal(r.kind, ROUTE_RELAYHOST);
+    /* a [transport] written with A-labels serves the UTF-8 spelling */
+    T[0].domain = "xn--bcher-kva.example";
+    T[0].nexthop = "[books.internal.example]:2526";
+    T[0].tls = TLS_POLICY_MAY;
+    C.transports = T;
+    C.ntransports = 1;
+    assert_true(route_for_domain(&C, "b\xc3\xbc" "cher.example", &r, err, sizeof err));
+    assert_int_equal(r.kind, ROUTE_TRANSPORT);
+    assert_string_equal(r.name, "books.internal.example");
 }
 
 static void test_relayhost(void **state)
@@ -168,6 +201,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_mx_route, setup),
+        cmocka_unit_test_setup(test_idna, setup),
         cmocka_unit_test_setup(test_relayhost, setup),
         cmocka_unit_test_setup(test_transport, setup),
         cmocka_unit_test_setup(test_parse_nexthop, setup),
