@@ -24,6 +24,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include "lib/idna.h"
 #include "lib/mem.h"
 #include "lib/strutil.h"
 #include "table/aliases.h"
@@ -504,6 +505,12 @@ static bool begin_section(struct parser *p, const char *section)
         p->nkeys = ARRAY_LEN(listen_keys);
         p->base = l;
     } else if (str_ieqn(section, kind_len, "domain")) {
+        char alabels[256], why[128];
+        if (idna_to_ascii(arg, alabels, sizeof alabels, why, sizeof why) != 0) {
+            parse_error(p, "[domain %s]: %s", arg, why);
+            return false;
+        }
+        arg = alabels; /* kept, compared and used in paths (%d) by its A-labels */
         if (*arg == '\0' || !str_is_hostname(arg)) {
             parse_error(p, "[domain %s]: a domain name is needed", arg);
             return false;
@@ -524,6 +531,12 @@ static bool begin_section(struct parser *p, const char *section)
         p->nkeys = ARRAY_LEN(domain_keys);
         p->base = d;
     } else if (str_ieqn(section, kind_len, "transport")) {
+        char alabels[256], why[128];
+        if (idna_to_ascii(arg, alabels, sizeof alabels, why, sizeof why) != 0) {
+            parse_error(p, "[transport %s]: %s", arg, why);
+            return false;
+        }
+        arg = alabels;
         if (*arg == '\0' || !str_is_hostname(arg)) {
             parse_error(p, "[transport %s]: a domain name is needed", arg);
             return false;
@@ -893,8 +906,21 @@ void conf_unref(struct conf *c)
     free(c);
 }
 
+/* domain, or its A-labels in buf when it is written in UTF-8 (SMTPUTF8); NULL if IDNA
+ * refuses it, and so it is no name of ours */
+static const char *ascii_name(const char *domain, char *buf, size_t cap)
+{
+    char why[128];
+    if (!idna_is_utf8_name(domain))
+        return domain;
+    return idna_to_ascii(domain, buf, cap, why, sizeof why) == 0 ? buf : NULL;
+}
+
 const struct domain_conf *conf_find_domain(const struct conf *c, const char *domain)
 {
+    char buf[256];
+    if ((domain = ascii_name(domain, buf, sizeof buf)) == NULL)
+        return NULL;
     for (size_t i = 0; i < c->ndomains; i++)
         if (str_ieq(c->domains[i].name, domain))
             return &c->domains[i];
@@ -903,6 +929,9 @@ const struct domain_conf *conf_find_domain(const struct conf *c, const char *dom
 
 const struct transport_conf *conf_find_transport(const struct conf *c, const char *domain)
 {
+    char buf[256];
+    if ((domain = ascii_name(domain, buf, sizeof buf)) == NULL)
+        return NULL;
     for (size_t i = 0; i < c->ntransports; i++)
         if (str_ieq(c->transports[i].domain, domain))
             return &c->transports[i];

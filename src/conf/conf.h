@@ -134,7 +134,8 @@ struct conf *conf_load_opts(const char *path, unsigned flags, char *err, size_t 
 void conf_ref(struct conf *c);
 void conf_unref(struct conf *c);
 
-/* Case-insensitive; NULL if the domain is not ours. */
+/* Case-insensitive; a name written in UTF-8 is compared by its IDNA2008 A-labels (every
+ * [domain] and [transport] name is kept in that form). NULL if the domain is not ours. */
 const struct domain_conf *conf_find_domain(const struct conf *c, const char *domain);
 const struct transport_conf *conf_find_transport(const struct conf *c, const char *domain);
 const char *conf_role_name(enum listen_role r);

@@ -70,6 +70,28 @@ def test_aliases_and_tags(ternd):
         assert c.cmd("RCPT TO:<nobody+tag@example.test>")[0] == 550
 
 
+def test_internationalized_local_domain(make_ternd):
+    """A domain configured in UTF-8 is ours under both spellings (RFC 6531 for the UTF-8
+    one); its Maildirs are named by its A-labels."""
+    t = make_ternd(domains="[domain b\u00fccher.example]\nmailboxes = mail/%d/%u\n"
+                           "users = users\n")
+    with t.smtp() as s:
+        s.ehlo("client.example.test")
+        msg = "Subject: idn\r\n\r\nfor the books\r\n".encode()
+        assert s.sendmail("bob@remote.test", ["alice@B\u00dcCHER.example"], msg,
+                          mail_options=["SMTPUTF8"]) == {}
+        assert s.sendmail("bob@remote.test", ["alice@xn--bcher-kva.example"], msg) == {}
+    assert len(t.wait_messages("alice", count=2, domain="xn--bcher-kva.example")) == 2
+    assert t.messages("alice") == []  # not example.test's alice
+    # an untrusted client still cannot relay to a UTF-8 domain that is not ours
+    with RawClient(t.smtp_port) as c:
+        c.reply()
+        c.cmd("EHLO x.test")
+        c.cmd("MAIL FROM:<bob@remote.test> SMTPUTF8")
+        code = c.cmd("RCPT TO:<alice@b\u00fccher.elsewhere>")[0]
+        assert code == 554, code
+
+
 def test_alias_loop_refused(make_ternd):
     t = make_ternd(aliases="loopa: loopb\nloopb: loopa\n")
     with RawClient(t.smtp_port) as c:

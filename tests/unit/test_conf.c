@@ -288,6 +288,43 @@ static void test_table_errors(void **state)
     aliases_free(a);
 }
 
+/* internationalized domain names: kept and matched by their A-labels */
+static void test_idn_domains(void **state)
+{
+    char err[512] = "";
+    char text[2048];
+    snprintf(text, sizeof text,
+             "%s\n[domain B\xc3\xbc" "cher.example]\nmailboxes = mail/%%d/%%u\n"
+             "[transport m\xc3\xbcnchen.example]\nnexthop = [192.0.2.9]:25\n",
+             contract);
+    struct conf *c = load(text, err, sizeof err);
+    if (c == NULL)
+        fail_msg("%s", err);
+    const struct domain_conf *d = conf_find_domain(c, "xn--bcher-kva.example");
+    assert_non_null(d);
+    assert_string_equal(d->name, "xn--bcher-kva.example");
+    assert_ptr_equal(conf_find_domain(c, "B\xc3\x9c" "cher.Example"), d); /* Ü folds to ü */
+    assert_ptr_equal(conf_find_domain(c, "bu\xcc\x88" "cher.example"), d); /* decomposed */
+    assert_null(conf_find_domain(c, "\xe2\x98\x83.example"));
+    assert_null(conf_find_domain(c, "b\xff" "cher.example"));
+    const struct transport_conf *t = conf_find_transport(c, "m\xc3\xbcnchen.example");
+    assert_non_null(t);
+    assert_string_equal(t->domain, "xn--mnchen-3ya.example");
+    conf_unref(c);
+    /* the same domain twice, once in each spelling */
+    snprintf(text, sizeof text,
+             "%s\n[domain b\xc3\xbc" "cher.example]\nmailboxes = mail/%%d/%%u\n"
+             "[domain xn--bcher-kva.example]\nmailboxes = mail/%%d/%%u\n",
+             contract);
+    assert_null(load(text, err, sizeof err));
+    assert_non_null(strstr(err, "already defined"));
+    /* a name IDNA2008 refuses */
+    snprintf(text, sizeof text, "%s\n[domain \xe2\x98\x83.example]\nmailboxes = m/%%u\n",
+             contract);
+    assert_null(load(text, err, sizeof err));
+    assert_non_null(strstr(err, "IDNA"));
+}
+
 /* relayhost_password_file: read by ternd, never by the tools local users run */
 static void test_relayhost_password_file(void **state)
 {
@@ -375,6 +412,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_values_and_units, setup, teardown),
         cmocka_unit_test_setup_teardown(test_table_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relayhost_password_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idn_domains, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
