@@ -48,10 +48,12 @@ static const char *prog = "ternctl";
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: ternctl [-c FILE] [-j] COMMAND [ARG]\n"
+            "usage: ternctl [-c FILE] [-j|-p] COMMAND [ARG]\n"
             "\n"
             "  -c FILE   configuration of the ternd to talk to (default " CONF_DEFAULT_PATH ")\n"
             "  -j        print JSON instead of text\n"
+            "  -p        stats in the Prometheus text format (e.g. for node_exporter's\n"
+            "            textfile collector)\n"
             "\n"
             "commands:\n"
             "  queue             list queued messages and their recipients\n"
@@ -316,6 +318,7 @@ static void fmt_when(time_t t, char *out, size_t cap)
 struct view {
     const char *cmd;
     bool json;
+    bool prometheus;
     /* text */
     bool queue_header;
     size_t messages, recipients;
@@ -402,6 +405,79 @@ static void json_record(struct view *v, const struct ctl_record *r)
         putchar('{');
         put_json_fields(r, true);
         putchar('}');
+    }
+}
+
+/* ---- Prometheus text format (ternctl -p stats), for a textfile collector or a scrape
+ * wrapper. Each stats field has a metric name, a type and a help line; a field a newer
+ * ternd sends and this table does not know is printed untyped as tern_FIELD. ---- */
+
+static const struct metric {
+    const char *field, *name, *type, *help;
+} metrics[] = {
+    {"uptime", "tern_uptime_seconds", "gauge", "Seconds since ternd started."},
+    {"messages", "tern_queue_messages", "gauge", "Messages in the queue."},
+    {"bytes", "tern_queue_bytes", "gauge", "Content bytes of the messages in the queue."},
+    {"held", "tern_queue_held_messages", "gauge", "Messages on hold."},
+    {"recipients_pending", "tern_queue_recipients_pending", "gauge",
+     "Recipients waiting for a delivery attempt."},
+    {"recipients_deferred", "tern_queue_recipients_deferred", "gauge",
+     "Recipients waiting for a retry after a temporary failure."},
+    {"committed", "tern_queue_committed_messages_total", "counter",
+     "Messages made durable in the queue."},
+    {"delivered", "tern_delivered_recipients_total", "counter",
+     "Recipients delivered (Maildir or accepted by the next server)."},
+    {"failed", "tern_failed_recipients_total", "counter",
+     "Recipients failed for good (bounced, or expired)."},
+    {"deferred_attempts", "tern_deferred_attempts_total", "counter",
+     "Delivery attempts that failed temporarily."},
+    {"fsyncs", "tern_queue_fsyncs_total", "counter", "fsync/fdatasync calls of the queue."},
+    {"commit_batches", "tern_queue_commit_batches_total", "counter",
+     "Group commits of the queue."},
+    {"sessions", "tern_smtp_sessions", "gauge", "SMTP sessions open now."},
+    {"connections_accepted", "tern_smtp_connections_accepted_total", "counter",
+     "SMTP connections accepted."},
+    {"connections_refused", "tern_smtp_connections_refused_total", "counter",
+     "SMTP connections refused at once (session limits)."},
+    {"smtp_messages", "tern_smtp_messages_total", "counter",
+     "Messages accepted over SMTP (250 after the content)."},
+};
+
+static bool metric_name_ok(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+            return false;
+    return n > 0;
+}
+
+static bool metric_value_ok(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return n > 0;
+}
+
+static void prometheus_record(const struct ctl_record *r)
+{
+    if (strcmp(r->type, "stats") != 0)
+        return;
+    for (size_t i = 0; i < r->n; i++) {
+        const struct ctl_field *f = &r->f[i];
+        if (strcmp(f->key, "pid") == 0 || !metric_value_ok(f->val, f->len))
+            continue;
+        const struct metric *m = NULL;
+        for (size_t k = 0; k < ARRAY_LEN(metrics) && m == NULL; k++)
+            if (strcmp(metrics[k].field, f->key) == 0)
+                m = &metrics[k];
+        if (m != NULL) {
+            printf("# HELP %s %s\n# TYPE %s %s\n%s %.*s\n", m->name, m->help, m->name, m->type,
+                   m->name, (int)f->len, f->val);
+        } else if (metric_name_ok(f->key, strlen(f->key))) {
+            printf("# TYPE tern_%s untyped\ntern_%s %.*s\n", f->key, f->key, (int)f->len,
+                   f->val);
+        }
     }
 }
 
@@ -651,7 +727,8 @@ static int read_reply_line(int fd, struct buf *in, size_t *consumed, const char 
     }
 }
 
-static int run_command(const char *sock, const char *cmd, const char *arg, bool json)
+static int run_command(const char *sock, const char *cmd, const char *arg, bool json,
+                       bool prometheus)
 {
     char req[CTL_REQUEST_MAX + 1];
     size_t n = ctl_request_format(req, sizeof req, cmd, arg);
@@ -662,7 +739,7 @@ static int run_command(const char *sock, const char *cmd, const char *arg, bool 
     if (fs_write_all(fd, req, n) != 0)
         die(EXIT_FAILED, "writing to %s: %s", sock, strerror(errno));
 
-    struct view v = {.cmd = cmd, .json = json};
+    struct view v = {.cmd = cmd, .json = json, .prometheus = prometheus};
     struct buf in = BUF_INIT(CTL_LINE_MAX);
     struct ctl_record rec = {0};
     size_t consumed = 0;
@@ -679,7 +756,9 @@ static int run_command(const char *sock, const char *cmd, const char *arg, bool 
         const char *text;
         switch (ctl_parse_line(line, len, &rec, &text)) {
         case CTL_LINE_RECORD:
-            if (json)
+            if (v.prometheus)
+                prometheus_record(&rec);
+            else if (json)
                 json_record(&v, &rec);
             else
                 text_record(&v, &rec, raw);
@@ -687,7 +766,11 @@ static int run_command(const char *sock, const char *cmd, const char *arg, bool 
         case CTL_LINE_OK:
         case CTL_LINE_ERROR: {
             bool ok = raw[0] == 'o';
-            if (json)
+            if (v.prometheus && !ok)
+                fprintf(stderr, "%s: %s\n", prog, text);
+            else if (v.prometheus)
+                ; /* the metrics are all there is */
+            else if (json)
                 json_end(&v, ok, text);
             else
                 text_end(&v, ok, text);
@@ -707,22 +790,26 @@ static int run_command(const char *sock, const char *cmd, const char *arg, bool 
 int main(int argc, char **argv)
 {
     const char *conf_path = CONF_DEFAULT_PATH;
-    bool json = false;
+    bool json = false, prometheus = false;
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},
         {"json", no_argument, NULL, 'j'},
+        {"prometheus", no_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int opt;
     /* "+": options end at the command, as with git */
-    while ((opt = getopt_long(argc, argv, "+c:jh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+c:jph", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             conf_path = optarg;
             break;
         case 'j':
             json = true;
+            break;
+        case 'p':
+            prometheus = true;
             break;
         case 'h':
             usage(stdout);
@@ -772,6 +859,8 @@ int main(int argc, char **argv)
     }
     if (nargs < cmds[i].min || nargs > cmds[i].max)
         die(EXIT_USAGE, "usage: ternctl [-c FILE] [-j] %s", cmds[i].usage);
+    if (prometheus && (json || strcmp(cmd, "stats") != 0))
+        die(EXIT_USAGE, "-p (Prometheus text format) goes with stats only, without -j");
 
     char err[1024];
     struct conf *c = conf_load_opts(conf_path, CONF_SKIP_TABLES, err, sizeof err);
@@ -780,7 +869,7 @@ int main(int argc, char **argv)
     char *sock = xstrdup(c->control_socket);
     conf_unref(c);
     signal(SIGPIPE, SIG_IGN);
-    int rc = run_command(sock, cmds[i].name, arg, json);
+    int rc = run_command(sock, cmds[i].name, arg, json, prometheus);
     free(sock);
     return rc;
 }

@@ -227,6 +227,31 @@ def test_ctl_stats(ternd):
     assert st["pid"] == ternd.proc.pid
 
 
+def test_ctl_stats_prometheus(ternd):
+    """ternctl -p stats: the Prometheus text format, read back by the Prometheus project's own
+    parser (python3-prometheus-client)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with ternd.smtp() as s:
+        s.sendmail("x@example.test", ["alice@example.test"], "Subject: p\r\n\r\nhi\r\n")
+    ternd.wait_messages("alice")
+    r = ternd.ctl("-p", "stats")
+    assert r.returncode == 0, r.stderr
+    families = {f.name: f for f in text_string_to_metric_families(r.stdout)}
+    # the parser names counters without their _total suffix
+    assert families["tern_queue_committed_messages"].type == "counter"
+    assert families["tern_queue_committed_messages"].samples[0].value >= 1
+    assert families["tern_smtp_connections_accepted"].samples[0].value >= 1
+    assert families["tern_queue_messages"].type == "gauge"
+    assert families["tern_uptime_seconds"].samples[0].value >= 0
+    assert "pid" not in r.stdout
+    names = [line.split()[0] for line in r.stdout.splitlines() if not line.startswith("#")]
+    assert len(names) == len(set(names)) >= 15
+    assert all(n.startswith("tern_") for n in names)
+    # only with stats, never with -j
+    assert ternd.ctl("-p", "queue").returncode == 2
+    assert ternd.ctl("-p", "-j", "stats").returncode == 2
+
+
 def test_ctl_protocol_edges(ternd):
     out = raw_request(ternd, b"x" * 300 + b"\n")
     assert out == b"error: request too long\n"
