@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
 #include <time.h>
@@ -15,6 +16,55 @@ static enum log_target sink = LOG_TO_STDERR;
 static enum log_level min_level = LOG_LVL_INFO;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+/* Held lines (log_hold_lines): this thread's info and debug lines for stderr, written with
+ * one write(2) when the loop turn ends, when the buffer is full, or before a warn or error
+ * line. Only the thread that asked holds anything. */
+#define LOG_HOLD_MAX (64 * 1024)
+static __thread void (*hold_wake)(void);
+static __thread char *held;
+static __thread size_t held_len;
+
+static void write_all_stderr(const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t r = write(STDERR_FILENO, p, n);
+        if (r <= 0)
+            return; /* nowhere left to report a failed log write */
+        p += r;
+        n -= (size_t)r;
+    }
+}
+
+void log_flush(void)
+{
+    if (held_len == 0)
+        return;
+    write_all_stderr(held, held_len);
+    held_len = 0;
+}
+
+static void flush_at_exit(void)
+{
+    log_flush();
+}
+
+void log_hold_lines(void (*wake)(void))
+{
+    static __thread bool registered;
+    log_flush();
+    hold_wake = wake;
+    if (wake != NULL && held == NULL) {
+        held = xmalloc(LOG_HOLD_MAX);
+    } else if (wake == NULL) {
+        free(held);
+        held = NULL;
+    }
+    if (wake != NULL && !registered) {
+        atexit(flush_at_exit); /* exit() from this thread keeps what it held */
+        registered = true;
+    }
+}
 
 void log_setup(const char *ident, enum log_target target, enum log_level min, int facility)
 {
@@ -214,8 +264,19 @@ void log_end(struct logline *l)
         syslog(syslog_priority[l->level], "%s", l->buf);
     } else {
         l->buf[l->len] = '\n';
-        ssize_t r = write(STDERR_FILENO, l->buf, l->len + 1);
-        (void)r; /* nowhere left to report a failed log write */
+        size_t n = l->len + 1;
+        if (hold_wake != NULL && l->level >= LOG_LVL_INFO) {
+            if (held_len + n > LOG_HOLD_MAX)
+                log_flush();
+            bool first = held_len == 0;
+            memcpy(held + held_len, l->buf, n);
+            held_len += n;
+            if (first)
+                hold_wake();
+        } else {
+            log_flush(); /* what this thread held comes first */
+            write_all_stderr(l->buf, n);
+        }
     }
     l->active = false;
 }

@@ -46,6 +46,14 @@ void log_end(struct logline *l);
 /* A whole line from a trusted format (no client text in the arguments). */
 void log_printf(enum log_level level, const char *fmt, ...) PRINTF_LIKE(2, 3);
 
+/* Hold this thread's info and debug lines for stderr (not syslog) and write them in one
+ * go: at log_flush(), before a warn or error line of this thread (which is never held), when
+ * 64 KiB are held, and at exit(). wake() runs when a first line is held, so the caller can
+ * arrange a log_flush() soon: the loop does it at the end of the turn, saving a write(2)
+ * per line. NULL stops holding (and flushes). */
+void log_hold_lines(void (*wake)(void));
+void log_flush(void);
+
 /* Escape one value into dst the way log_str does (for tests and ternctl). */
 size_t log_escape(char *dst, size_t cap, const char *val, size_t n);
 

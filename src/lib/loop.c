@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "lib/log.h"
 #include "lib/mem.h"
 
 static struct event_base *base;
@@ -40,9 +41,31 @@ struct event_base *loop_base(void)
     return base;
 }
 
+/* Log lines of a loop turn are written together once its callbacks have run: an event made
+ * active with the first held line runs after the callbacks already active. */
+static struct event *log_flush_ev;
+
+static void on_log_flush(evutil_socket_t fd, short what, void *arg)
+{
+    log_flush();
+}
+
+static void wake_log_flush(void)
+{
+    event_active(log_flush_ev, 0, 0);
+}
+
 int loop_run(void)
 {
-    return event_base_dispatch(loop_base()) < 0 ? -1 : 0;
+    log_flush_ev = event_new(loop_base(), -1, 0, on_log_flush, NULL);
+    if (log_flush_ev == NULL)
+        fatal("event_new failed");
+    log_hold_lines(wake_log_flush);
+    int rc = event_base_dispatch(loop_base()) < 0 ? -1 : 0;
+    log_hold_lines(NULL);
+    event_free(log_flush_ev);
+    log_flush_ev = NULL;
+    return rc;
 }
 
 void loop_exit(void)

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -47,6 +48,85 @@ static void test_buf_is_bounded(void **state)
     assert_null(b.data);
     free(s);
     buf_release(&b);
+}
+
+static int wakes;
+static void count_wake(void)
+{
+    wakes++;
+}
+
+static off_t file_size(int fd)
+{
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    return st.st_size;
+}
+
+/* Held lines: nothing reaches stderr until a flush, a warn/error line (which comes after
+ * what was held), 64 KiB held, or the end of holding. */
+static void test_log_hold_lines(void **state)
+{
+    char path[] = "/tmp/tern-log-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unlink(path);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    assert_int_equal(dup2(fd, STDERR_FILENO), STDERR_FILENO);
+    log_setup("test", LOG_TO_STDERR, LOG_LVL_INFO, 0);
+
+    wakes = 0;
+    log_hold_lines(count_wake);
+    log_printf(LOG_LVL_INFO, "event=one");
+    log_printf(LOG_LVL_INFO, "event=two");
+    log_printf(LOG_LVL_DEBUG, "event=filtered"); /* below the level: nothing at all */
+    off_t before_warn = file_size(fd);
+    int wakes_after_two = wakes;
+    log_printf(LOG_LVL_WARN, "event=three");
+    off_t after_warn = file_size(fd);
+    log_printf(LOG_LVL_INFO, "event=four");
+    off_t before_flush = file_size(fd);
+    log_flush();
+    off_t after_flush = file_size(fd);
+    char big[400];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    for (int i = 0; i < 300; i++) /* about 130 KiB: more than is held */
+        log_printf(LOG_LVL_INFO, "event=big n=%d v=%s", i, big);
+    off_t during_big = file_size(fd);
+    log_hold_lines(NULL);
+    log_printf(LOG_LVL_INFO, "event=direct");
+
+    fflush(stderr);
+    assert_int_equal(dup2(saved, STDERR_FILENO), STDERR_FILENO);
+    close(saved);
+    assert_int_equal(before_warn, 0);
+    assert_int_equal(wakes_after_two, 1); /* once per held run of lines */
+    assert_true(after_warn > 0);
+    assert_int_equal(before_flush, after_warn);
+    assert_true(after_flush > before_flush);
+    assert_true(during_big > after_flush); /* the buffer filled up and was written */
+    off_t total = file_size(fd);
+    char *text = xmalloc((size_t)total + 1);
+    assert_int_equal(pread(fd, text, (size_t)total, 0), total);
+    text[total] = '\0';
+    close(fd);
+    const char *order[] = {"event=one", "event=two", "event=three", "event=four",
+                           "event=big n=0 ", "event=big n=299 ", "event=direct"};
+    const char *at = text;
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+        const char *hit = strstr(at, order[i]);
+        if (hit == NULL)
+            fail_msg("%s missing or out of order", order[i]);
+        at = hit;
+    }
+    assert_null(strstr(text, "event=filtered"));
+    size_t lines = 0;
+    for (const char *p = text; *p; p++)
+        lines += *p == '\n';
+    assert_int_equal(lines, 4 + 300 + 1);
+    free(text);
 }
 
 static void test_log_escape(void **state)
@@ -346,6 +426,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf_is_bounded), cmocka_unit_test(test_log_escape),
+        cmocka_unit_test(test_log_hold_lines),
         cmocka_unit_test(test_cidr),           cmocka_unit_test(test_hostport),
         cmocka_unit_test(test_value_syntax),   cmocka_unit_test(test_crc32c),
         cmocka_unit_test(test_utf8),           cmocka_unit_test(test_hex_and_hostnames),
