@@ -472,6 +472,19 @@ static void begin_top(struct parser *p)
 }
 
 /* Called by the reader for each "[...]" line, so that sections without keys are seen too. */
+/* The name of a [domain] or [transport] section as it is kept, compared and used in paths
+ * (%d): its A-labels when written in UTF-8, lowercased. NULL after a parse error. */
+static const char *section_domain(struct parser *p, const char *kind, const char *arg,
+                                  char *out, size_t cap)
+{
+    char why[128];
+    if (idna_to_ascii(arg, out, cap, why, sizeof why) != 0) {
+        parse_error(p, "[%s %s]: %s", kind, arg, why);
+        return NULL;
+    }
+    return out;
+}
+
 static bool begin_section(struct parser *p, const char *section)
 {
     struct conf *c = p->c;
@@ -505,12 +518,9 @@ static bool begin_section(struct parser *p, const char *section)
         p->nkeys = ARRAY_LEN(listen_keys);
         p->base = l;
     } else if (str_ieqn(section, kind_len, "domain")) {
-        char alabels[256], why[128];
-        if (idna_to_ascii(arg, alabels, sizeof alabels, why, sizeof why) != 0) {
-            parse_error(p, "[domain %s]: %s", arg, why);
+        char alabels[256];
+        if ((arg = section_domain(p, "domain", arg, alabels, sizeof alabels)) == NULL)
             return false;
-        }
-        arg = alabels; /* kept, compared and used in paths (%d) by its A-labels */
         if (*arg == '\0' || !str_is_hostname(arg)) {
             parse_error(p, "[domain %s]: a domain name is needed", arg);
             return false;
@@ -531,12 +541,9 @@ static bool begin_section(struct parser *p, const char *section)
         p->nkeys = ARRAY_LEN(domain_keys);
         p->base = d;
     } else if (str_ieqn(section, kind_len, "transport")) {
-        char alabels[256], why[128];
-        if (idna_to_ascii(arg, alabels, sizeof alabels, why, sizeof why) != 0) {
-            parse_error(p, "[transport %s]: %s", arg, why);
+        char alabels[256];
+        if ((arg = section_domain(p, "transport", arg, alabels, sizeof alabels)) == NULL)
             return false;
-        }
-        arg = alabels;
         if (*arg == '\0' || !str_is_hostname(arg)) {
             parse_error(p, "[transport %s]: a domain name is needed", arg);
             return false;
