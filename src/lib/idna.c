@@ -20,31 +20,26 @@ bool idna_is_utf8_name(const char *s)
 
 int idna_to_ascii(const char *in, char *out, size_t cap, char *err, size_t errlen)
 {
-    if (!idna_is_utf8_name(in)) {
-        if (strlen(in) >= cap) {
-            snprintf(err, errlen, "name too long");
+    char *ascii = NULL;
+    if (idna_is_utf8_name(in)) {
+        /* NFC first (a name may arrive decomposed), UTS #46 mapping (case folding, width),
+         * IDNA2008 rules for what is left */
+        int rc = idn2_to_ascii_8z(in, &ascii, IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL);
+        if (rc != IDN2_OK) {
+            snprintf(err, errlen, "IDNA: %s", idn2_strerror(rc));
             return -1;
         }
-        snprintf(out, cap, "%s", in);
-        str_lower(out);
-        return 0;
+        in = ascii;
     }
-    char *ascii = NULL;
-    /* NFC first (a name may arrive decomposed), UTS #46 mapping (case folding, width),
-     * IDNA2008 rules for what is left */
-    int rc = idn2_to_ascii_8z(in, &ascii, IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL);
-    if (rc != IDN2_OK) {
-        snprintf(err, errlen, "IDNA: %s", idn2_strerror(rc));
-        return -1;
-    }
-    size_t n = strlen(ascii);
+    size_t n = strlen(in);
+    int rc = 0;
     if (n >= cap) {
-        idn2_free(ascii);
         snprintf(err, errlen, "name too long");
-        return -1;
+        rc = -1;
+    } else {
+        memcpy(out, in, n + 1);
+        str_lower(out);
     }
-    memcpy(out, ascii, n + 1);
     idn2_free(ascii);
-    str_lower(out);
-    return 0;
+    return rc;
 }

@@ -470,6 +470,16 @@ def test_tls_verify_with_own_trust_file(outbound, peers, port, certdir):
     assert "result=sent" in wait_deliver_line(t, "second@verify.example", "result=sent")
     got = [m for m in p.messages if m["rcpt_tos"] == ["second@verify.example"]]
     assert len(got) == 1 and got[0]["tls"] is True
+    # a trust file that no longer loads: the reload says so and the store in use stays
+    trust.write_text("not a certificate\n")
+    t.reload()
+    deadline = time.monotonic() + 10
+    while "key=smtp_tls_ca_file" not in t.log():
+        assert time.monotonic() < deadline, "no reload.failed for the trust file"
+        time.sleep(0.05)
+    assert "event=reload.failed" in t.log()
+    send(t, "third@verify.example")
+    assert "result=sent" in wait_deliver_line(t, "third@verify.example", "result=sent")
 
 
 def test_failed_handshake_under_may_retries_in_plaintext(outbound, peers, port, certdir):
